@@ -1,0 +1,146 @@
+"""Build, save, load and import KerasHub GPT-2 models.
+
+A model on disk is always a KerasHub preset folder (`config.json`,
+`model.weights.h5`, `tokenizer.json`, `assets/`, `metadata.json`), so
+`keras_hub.models.GPT2CausalLM.from_preset(folder)` loads any variant.
+
+Example:
+    >>> from backends import keras_gpt2
+    >>> lm = keras_gpt2.build(keras_gpt2.get_config("tiny"), seed=0)
+    >>> keras_gpt2.save(lm, "/tmp/tiny-preset")
+    >>> keras_gpt2.load("/tmp/tiny-preset").backbone.num_layers
+    2
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from backends.configs import GPT2_VOCABULARY_SIZE, get_config  # noqa: F401  (re-export)
+from registry.errors import NotFoundError, UsageError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import keras_hub  # noqa: E402
+
+BACKBONE_CONFIG_KEYS = (
+    "vocabulary_size",
+    "num_layers",
+    "num_heads",
+    "hidden_dim",
+    "intermediate_dim",
+    "dropout",
+    "max_sequence_length",
+)
+
+
+def build(config: dict, seed: int = 0) -> "keras_hub.models.GPT2CausalLM":
+    """A freshly initialised GPT-2 with the real BPE tokenizer."""
+    from backends.tokenizer import keras_tokenizer
+
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.GPT2Backbone(**{k: config[k] for k in BACKBONE_CONFIG_KEYS})
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
+        tokenizer=keras_tokenizer(), sequence_length=config["max_sequence_length"]
+    )
+    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor)
+
+
+def load(preset_dir: str | os.PathLike) -> "keras_hub.models.GPT2CausalLM":
+    """Load a preset folder into a `GPT2CausalLM` ready to generate."""
+    preset_dir = str(preset_dir)
+    if not Path(preset_dir, "config.json").is_file():
+        raise NotFoundError(f"{preset_dir} is not a model folder (no config.json)")
+    lm = keras_hub.models.GPT2CausalLM.from_preset(preset_dir)
+    _fit_preprocessor_to_context(lm)
+    return lm
+
+
+def save(lm, preset_dir: str | os.PathLike) -> None:
+    lm.save_to_preset(str(preset_dir))
+
+
+def backbone_config(lm) -> dict:
+    config = lm.backbone.get_config()
+    return {key: config[key] for key in BACKBONE_CONFIG_KEYS}
+
+
+def parameter_count(lm) -> int:
+    return int(lm.backbone.count_params())
+
+
+def _fit_preprocessor_to_context(lm) -> None:
+    # KerasHub's GPT-2 preprocessor defaults to 1024 positions; a model with a
+    # shorter context would fail on `generate()` unless the two agree.
+    if lm.preprocessor is not None:
+        lm.preprocessor.sequence_length = lm.backbone.max_sequence_length
+
+
+# ---------------------------------------------------------------- import
+
+
+def import_model(source: str, dest_dir: str | os.PathLike) -> dict:
+    """Copy a model from `source` into a preset at `dest_dir`.
+
+    `source` is a KerasHub preset folder, a Hugging Face checkpoint folder, a
+    KerasHub preset name or an `hf://org/repo` handle (the last two need the
+    network). Returns a description of what was imported.
+    """
+    path = Path(source).expanduser()
+    if path.exists():
+        kind = _check_local_checkpoint(path)
+        lm = keras_hub.models.GPT2CausalLM.from_preset(str(path.resolve()))
+    elif _looks_like_path(source):
+        raise NotFoundError(f"{source} does not exist; give a checkpoint folder, a KerasHub preset name or hf://org/repo")
+    else:
+        kind = "hf-hub" if source.startswith("hf://") else "keras-hub-preset"
+        try:
+            lm = keras_hub.models.GPT2CausalLM.from_preset(source)
+        except Exception as error:  # network errors come in many types
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UsageError(
+                f"could not fetch {source!r} ({reason[:160]}); where there is no network, "
+                "download it elsewhere and import the local folder"
+            ) from None
+    _fit_preprocessor_to_context(lm)
+    if lm.backbone.vocabulary_size != GPT2_VOCABULARY_SIZE:
+        raise UsageError(
+            f"{source} has a vocabulary of {lm.backbone.vocabulary_size} tokens; "
+            f"gpt2-registry handles GPT-2 checkpoints with the {GPT2_VOCABULARY_SIZE}-token BPE"
+        )
+    save(lm, dest_dir)
+    return {"source": str(source), "source_format": kind}
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or os.sep in source and not source.startswith("hf://")
+
+
+def _check_local_checkpoint(path: Path) -> str:
+    if not path.is_dir():
+        raise UsageError(f"{path} is a file; give the checkpoint folder that holds config.json")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UsageError(f"{path} is not a checkpoint folder (no config.json); give a KerasHub preset or Hugging Face GPT-2 folder")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{config_file} is not valid JSON ({error}); the checkpoint is damaged") from None
+    if "registered_name" in config:
+        if "GPT2" not in str(config.get("registered_name")):
+            raise UsageError(f"{path} holds a {config['registered_name']} preset, not GPT-2")
+        if not (path / "model.weights.h5").is_file():
+            raise UsageError(f"{path} has no model.weights.h5; the preset is incomplete")
+        return "keras-preset"
+    if config.get("model_type") == "gpt2":
+        missing = [name for name in ("model.safetensors", "vocab.json", "merges.txt") if not (path / name).is_file()]
+        if missing:
+            hint = " (pickled pytorch_model.bin is refused: convert it to safetensors)" if (path / "pytorch_model.bin").exists() else ""
+            raise UsageError(f"{path} lacks {', '.join(missing)}{hint}; a Hugging Face GPT-2 folder needs config.json, model.safetensors, vocab.json and merges.txt")
+        return "hf-checkpoint"
+    raise UsageError(
+        f"{path} is not a GPT-2 checkpoint (config.json names model_type {config.get('model_type')!r})"
+    )

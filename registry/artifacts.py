@@ -1,0 +1,45 @@
+"""Files of a variant: content hash, size, and durable writes.
+
+A variant's content hash is a sha256 over its weight files (relative names
+and bytes), so the same weights give the same hash wherever they are stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+WEIGHT_SUFFIXES = (".h5", ".safetensors")
+
+
+def weight_files(folder: str | os.PathLike) -> list[Path]:
+    root = Path(folder)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+
+
+def content_hash(folder: str | os.PathLike) -> str:
+    root = Path(folder)
+    digest = hashlib.sha256()
+    for file in weight_files(root):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_size(folder: str | os.PathLike) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """Flush every file and directory under `folder` to disk before it is published."""
+    root = Path(folder)
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True) + [root]:
+        flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+        fd = os.open(path, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

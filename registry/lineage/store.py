@@ -1,0 +1,541 @@
+"""The lineage store: variants and the derivations between them, in SQL."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, create_engine, delete, event, func, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, joinedload, sessionmaker
+
+from registry.errors import NotFoundError, RegistryError, UsageError
+from registry.lineage.entities import LineageEdge, LineageVariant
+from registry.lineage.models import KINDS, OPERATIONS, Edge, Variant
+
+MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "migrations")
+
+# Read by the SQLite "begin" listener; an execution option rather than a global
+# so that threads sharing one store cannot see each other's mode.
+_WRITE_OPTION = "lineage_write"
+
+# Arbitrary but fixed: every gpt2-registry process must contend on the same key.
+_PG_MIGRATION_LOCK = 0x67707432_6C696E
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+Parent = tuple[str, str, Mapping[str, Any], Mapping[str, float]]
+
+
+class LineageStore:
+    """Variants and their parent -> child edges, in SQLite or Postgres.
+
+    Opening the store brings the schema to the newest migration. Every method
+    takes and returns frozen entities; ORM rows stay inside.
+
+    >>> import tempfile
+    >>> tmp = tempfile.mkdtemp()
+    >>> with LineageStore(f"sqlite:///{tmp}/lineage.db") as store:
+    ...     common = dict(kind="full", config={"n_layer": 12}, parameters=124_439_808,
+    ...                   size_bytes=497_759_232, content_hash="0" * 64, run_id=None,
+    ...                   artifact_uri=None, metrics={}, tags={})
+    ...     base = store.add_variant(name="gpt2", version=1, operation="import", **common)
+    ...     tuned = store.add_variant(name="gpt2-chat", version=1, operation="finetune",
+    ...                               parents=[(base.ref, "parent", {"lr": 3e-5}, {})], **common)
+    ...     [edge.parent_ref for edge in store.parents("gpt2-chat", 1)]
+    ['gpt2/1']
+    """
+
+    def __init__(self, url: str) -> None:
+        try:
+            parsed = make_url(url)
+            self._is_sqlite = parsed.get_backend_name() == "sqlite"
+            if self._is_sqlite:
+                _ensure_sqlite_parent_dir(parsed.database)
+            engine = create_engine(parsed)
+        except ArgumentError as exc:
+            raise UsageError(f"bad lineage database URL {url!r}: {exc}") from exc
+        self._display_url = parsed.render_as_string(hide_password=True)
+        if self._is_sqlite:
+            _configure_sqlite(engine)
+        self._engine: Engine = engine
+        self._read_sessions = sessionmaker(engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(
+            engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
+        )
+        try:
+            self._migrate()
+        except BaseException:
+            engine.dispose()
+            raise
+
+    def __repr__(self) -> str:
+        return f"LineageStore({self._display_url!r})"
+
+    def __enter__(self) -> LineageStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- transactions -----------------------------------------------------
+
+    @contextmanager
+    def session_scope(self, write: bool = False) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on any error.
+
+        `write=True` takes SQLite's write lock up front (BEGIN IMMEDIATE) so a
+        read-then-write cannot be invalidated by another process's commit.
+        """
+        factory = self._write_sessions if write else self._read_sessions
+        with self._translate_errors(), factory() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except IntegrityError as exc:
+            raise UsageError(f"lineage store rejected the change: {exc.orig}") from exc
+        except OperationalError as exc:
+            raise RegistryError(
+                f"lineage database {self._display_url} failed: {exc.orig}; "
+                "check that it exists, is writable and is not held by a stuck process"
+            ) from exc
+
+    # -- migrations -------------------------------------------------------
+
+    def _migrate(self) -> None:
+        config = Config()
+        config.set_main_option("script_location", MIGRATIONS_DIR)
+        script = ScriptDirectory.from_config(config)
+        head = script.get_current_head()
+        known = {rev.revision for rev in script.walk_revisions()}
+
+        with self._translate_errors():
+            # Fast path without the write lock: an up-to-date database is the
+            # common case and must not serialize every process that opens it.
+            with self._engine.connect() as conn:
+                current = self._schema_heads(conn, known)
+            if current == {head}:
+                return
+
+            write_engine = self._engine.execution_options(**{_WRITE_OPTION: True})
+            with write_engine.connect() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+                # Re-read under the lock: another process may have migrated
+                # while we waited for it.
+                current = self._schema_heads(conn, known)
+                if current != {head}:
+                    config.attributes["connection"] = conn
+                    command.upgrade(config, "head")
+                conn.commit()
+
+    def _schema_heads(self, conn: Connection, known: set[str]) -> set[str]:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+        unknown = sorted(current - known)
+        if unknown:
+            raise RegistryError(
+                f"lineage database {self._display_url} at revision {', '.join(unknown)} "
+                "is newer than this gpt2-registry; upgrade gpt2-registry"
+            )
+        return current
+
+    # -- writes -----------------------------------------------------------
+
+    def add_variant(
+        self,
+        *,
+        name: str,
+        version: int,
+        kind: str,
+        operation: str,
+        config: Mapping[str, Any],
+        parameters: int,
+        size_bytes: int,
+        content_hash: str,
+        run_id: str | None,
+        artifact_uri: str | None,
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str],
+        parents: Sequence[Parent] = (),
+    ) -> LineageVariant:
+        """Register NAME/VERSION and one edge per parent, all or nothing."""
+        fields = _variant_fields(
+            kind=kind,
+            operation=operation,
+            config=config,
+            parameters=parameters,
+            size_bytes=size_bytes,
+            content_hash=content_hash,
+            run_id=run_id,
+            artifact_uri=artifact_uri,
+            metrics=metrics,
+            tags=tags,
+        )
+        _check_name(name)
+        _check_version(version)
+        edges = _edge_fields(parents)
+        with self.session_scope(write=True) as session:
+            return _insert(session, name, version, fields, edges)
+
+    def add_next_version(
+        self,
+        name: str,
+        *,
+        kind: str,
+        operation: str,
+        config: Mapping[str, Any],
+        parameters: int,
+        size_bytes: int,
+        content_hash: str,
+        run_id: str | None,
+        artifact_uri: str | None,
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str],
+        parents: Sequence[Parent] = (),
+    ) -> LineageVariant:
+        """Register NAME at max(version) + 1, read and insert in one write transaction."""
+        fields = _variant_fields(
+            kind=kind,
+            operation=operation,
+            config=config,
+            parameters=parameters,
+            size_bytes=size_bytes,
+            content_hash=content_hash,
+            run_id=run_id,
+            artifact_uri=artifact_uri,
+            metrics=metrics,
+            tags=tags,
+        )
+        _check_name(name)
+        edges = _edge_fields(parents)
+        with self.session_scope(write=True) as session:
+            # SQLite already serializes on BEGIN IMMEDIATE; Postgres needs a
+            # lock of its own or two writers would both pick the same max.
+            if session.get_bind().dialect.name == "postgresql":
+                session.execute(
+                    select(func.pg_advisory_xact_lock(func.hashtext(f"gpt2-registry:{name}")))
+                )
+            current = session.scalar(select(func.max(Variant.version)).where(Variant.name == name))
+            return _insert(session, name, (current or 0) + 1, fields, edges)
+
+    def update_metrics(self, name: str, version: int, metrics: Mapping[str, float]) -> LineageVariant:
+        """Merge `metrics` into the variant's metrics; returns the updated variant."""
+        clean = _float_dict("metrics", metrics)
+        with self.session_scope(write=True) as session:
+            row = _require(session, name, version)
+            # A new dict, not an in-place update: plain JSON columns do not
+            # track mutation, so the change would be silently dropped.
+            row.metrics = {**row.metrics, **clean}
+            session.flush()
+            return row.to_entity()
+
+    def delete_variant(self, name: str, version: int) -> None:
+        """Delete the variant; its edges go with it (ON DELETE CASCADE)."""
+        with self.session_scope(write=True) as session:
+            row_id = _require(session, name, version).id
+            session.execute(delete(Variant).where(Variant.id == row_id))
+
+    # -- reads ------------------------------------------------------------
+
+    def get(self, name: str, version: int) -> LineageVariant | None:
+        with self.session_scope() as session:
+            row = _find(session, name, version)
+            return None if row is None else row.to_entity()
+
+    def latest(self, name: str) -> LineageVariant | None:
+        """The highest version of NAME, or None if NAME has none."""
+        with self.session_scope() as session:
+            row = session.scalar(
+                select(Variant).where(Variant.name == name).order_by(Variant.version.desc()).limit(1)
+            )
+            return None if row is None else row.to_entity()
+
+    def list(self, name: str | None = None) -> builtins.list[LineageVariant]:
+        """All variants, or all versions of NAME, ordered by name then version."""
+        query = select(Variant).order_by(Variant.name, Variant.version)
+        if name is not None:
+            query = query.where(Variant.name == name)
+        with self.session_scope() as session:
+            return [row.to_entity() for row in session.scalars(query)]
+
+    def names(self) -> builtins.list[str]:
+        with self.session_scope() as session:
+            return builtins.list(
+                session.scalars(select(Variant.name).distinct().order_by(Variant.name))
+            )
+
+    def parents(self, name: str, version: int) -> builtins.list[LineageEdge]:
+        """Edges into NAME/VERSION, oldest first."""
+        with self.session_scope() as session:
+            row_id = _require(session, name, version).id
+            return _edges(session, Edge.child_id == row_id)
+
+    def children(self, name: str, version: int) -> builtins.list[LineageEdge]:
+        """Edges out of NAME/VERSION, oldest first."""
+        with self.session_scope() as session:
+            row_id = _require(session, name, version).id
+            return _edges(session, Edge.parent_id == row_id)
+
+    def graph(
+        self, name: str, version: int
+    ) -> tuple[builtins.list[LineageVariant], builtins.list[LineageEdge]]:
+        """NAME/VERSION with all its ancestors and descendants, and the edges among them.
+
+        Siblings and co-parents are left out unless they are also ancestors or
+        descendants. Both lists are in insertion (id) order.
+        """
+        with self.session_scope() as session:
+            root_id = _require(session, name, version).id
+            family = {root_id}
+            family |= _reachable(session, root_id, upward=True)
+            family |= _reachable(session, root_id, upward=False)
+            variants = session.scalars(
+                select(Variant).where(Variant.id.in_(family)).order_by(Variant.id)
+            )
+            nodes = [row.to_entity() for row in variants]
+            links = _edges(session, Edge.parent_id.in_(family), Edge.child_id.in_(family))
+            return nodes, links
+
+
+# -- engine setup ---------------------------------------------------------
+
+
+def _ensure_sqlite_parent_dir(database: str | None) -> None:
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    parent = os.path.dirname(os.path.abspath(database))
+    os.makedirs(parent, exist_ok=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite would otherwise emit its own deferred BEGIN, and only before
+        # the first INSERT: a read-then-write would read outside the transaction.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching a fresh file to WAL needs a lock
+            # that another opener may hold.
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A deferred BEGIN that later writes fails with SQLITE_BUSY without
+        # waiting when another writer got there first (measured: 71 of 800
+        # writes kept under 8 processes); IMMEDIATE queues on busy_timeout.
+        if conn.get_execution_options().get(_WRITE_OPTION):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+# -- validation -----------------------------------------------------------
+
+
+def parse_ref(ref: str) -> tuple[str, int]:
+    """Split "NAME/VERSION" into (NAME, VERSION); NAME may itself contain "/"."""
+    name, sep, version = ref.rpartition("/") if isinstance(ref, str) else ("", "", "")
+    if not sep or not name or not version.isdigit() or int(version) < 1:
+        raise UsageError(f"bad variant reference {ref!r}: expected NAME/VERSION, e.g. gpt2/1")
+    return name, int(version)
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise UsageError(f"bad variant name {name!r}: use a non-empty name without surrounding spaces")
+
+
+def _check_version(version: int) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UsageError(f"bad version {version!r}: versions are integers from 1")
+
+
+def _check_count(label: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"bad {label} {value!r}: expected a non-negative integer")
+    return value
+
+
+def _json_dict(label: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise UsageError(f"bad {label}: expected a mapping with string keys")
+    try:
+        # Round trip so the caller's later mutations cannot reach the row, and
+        # so non-JSON values fail here rather than at flush time.
+        return json.loads(json.dumps(dict(value), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad {label}: not JSON-serializable ({exc})") from exc
+
+
+def _float_dict(label: str, value: Mapping[str, float]) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise UsageError(f"bad {label}: expected a mapping of name to number")
+    out: dict[str, float] = {}
+    for key, number in value.items():
+        if not isinstance(key, str) or isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise UsageError(f"bad {label} entry {key!r}: {number!r}; expected name -> number")
+        # Postgres JSON rejects NaN/Infinity; refuse them on every backend alike.
+        if not math.isfinite(number):
+            raise UsageError(f"bad {label} entry {key!r}: {number!r} is not finite")
+        out[key] = float(number)
+    return out
+
+
+def _str_dict(label: str, value: Mapping[str, str]) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise UsageError(f"bad {label}: expected a mapping of string to string")
+    return dict(value)
+
+
+def _optional_str(label: str, value: str | None) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise UsageError(f"bad {label} {value!r}: expected a string or None")
+    return value
+
+
+def _variant_fields(
+    *,
+    kind: str,
+    operation: str,
+    config: Mapping[str, Any],
+    parameters: int,
+    size_bytes: int,
+    content_hash: str,
+    run_id: str | None,
+    artifact_uri: str | None,
+    metrics: Mapping[str, float],
+    tags: Mapping[str, str],
+) -> dict[str, Any]:
+    if kind not in KINDS:
+        raise UsageError(f"bad kind {kind!r}: use one of {', '.join(KINDS)}")
+    if operation not in OPERATIONS:
+        raise UsageError(f"bad operation {operation!r}: use one of {', '.join(OPERATIONS)}")
+    if not isinstance(content_hash, str) or not _SHA256_HEX.fullmatch(content_hash):
+        raise UsageError(f"bad content hash {content_hash!r}: expected 64 lowercase hex digits (sha256)")
+    return dict(
+        kind=kind,
+        operation=operation,
+        config=_json_dict("config", config),
+        parameters=_check_count("parameters", parameters),
+        size_bytes=_check_count("size_bytes", size_bytes),
+        content_hash=content_hash,
+        run_id=_optional_str("run_id", run_id),
+        artifact_uri=_optional_str("artifact_uri", artifact_uri),
+        metrics=_float_dict("metrics", metrics),
+        tags=_str_dict("tags", tags),
+    )
+
+
+def _edge_fields(parents: Sequence[Parent]) -> builtins.list[tuple[str, int, dict[str, Any]]]:
+    out = []
+    seen: set[tuple[str, int]] = set()
+    for parent in parents:
+        if not isinstance(parent, (tuple, builtins.list)) or len(parent) != 4:
+            raise UsageError(
+                f"bad parent {parent!r}: expected (NAME/VERSION, role, settings, metric_deltas)"
+            )
+        ref, role, settings, deltas = parent
+        key = parse_ref(ref)
+        if key in seen:
+            raise UsageError(f"parent {ref} is listed twice")
+        seen.add(key)
+        if not isinstance(role, str) or not role.strip():
+            raise UsageError(f"bad role {role!r} for parent {ref}: e.g. parent, teacher, base")
+        out.append(
+            (
+                key[0],
+                key[1],
+                dict(
+                    role=role,
+                    settings=_json_dict(f"settings of parent {ref}", settings),
+                    metric_deltas=_float_dict(f"metric_deltas of parent {ref}", deltas),
+                ),
+            )
+        )
+    return out
+
+
+# -- queries (inside a session) -------------------------------------------
+
+
+def _find(session: Session, name: str, version: int) -> Variant | None:
+    return session.scalar(select(Variant).where(Variant.name == name, Variant.version == version))
+
+
+def _require(session: Session, name: str, version: int) -> Variant:
+    row = _find(session, name, version)
+    if row is None:
+        raise NotFoundError(f"variant {name}/{version} not found in the lineage store")
+    return row
+
+
+def _insert(
+    session: Session,
+    name: str,
+    version: int,
+    fields: dict[str, Any],
+    edges: builtins.list[tuple[str, int, dict[str, Any]]],
+) -> LineageVariant:
+    # Checked here rather than left to the unique constraint, for a message
+    # that names the variant; the constraint still guards other writers.
+    if _find(session, name, version) is not None:
+        raise UsageError(f"variant {name}/{version} already exists; register a new version")
+    parent_ids = []
+    for parent_name, parent_version, _ in edges:
+        parent = _find(session, parent_name, parent_version)
+        if parent is None:
+            raise NotFoundError(
+                f"parent variant {parent_name}/{parent_version} not found; register it first"
+            )
+        parent_ids.append(parent.id)
+    row = Variant(name=name, version=version, **fields)
+    session.add(row)
+    session.flush()
+    for parent_id, (_, _, edge) in zip(parent_ids, edges):
+        session.add(Edge(parent_id=parent_id, child_id=row.id, operation=row.operation, **edge))
+    session.flush()
+    return row.to_entity()
+
+
+def _edges(session: Session, *where: Any) -> builtins.list[LineageEdge]:
+    query = (
+        select(Edge)
+        .where(*where)
+        .options(joinedload(Edge.parent), joinedload(Edge.child))
+        .order_by(Edge.id)
+    )
+    return [edge.to_entity() for edge in session.scalars(query)]
+
+
+def _reachable(session: Session, start: int, *, upward: bool) -> set[int]:
+    """Ids of all ancestors (upward) or descendants of `start`, by recursive CTE."""
+    near, far = (Edge.child_id, Edge.parent_id) if upward else (Edge.parent_id, Edge.child_id)
+    walk = select(far.label("id")).where(near == start).cte("walk", recursive=True)
+    # UNION, not UNION ALL: it drops repeats, so diamonds stay cheap and even
+    # a cycle (which add_variant cannot create) would terminate.
+    walk = walk.union(select(far).join(walk, near == walk.c.id))
+    return set(session.scalars(select(walk.c.id)))
