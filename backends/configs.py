@@ -8,6 +8,15 @@ from __future__ import annotations
 
 GPT2_VOCABULARY_SIZE = 50257
 END_OF_TEXT_ID = 50256
+BACKBONE_CONFIG_KEYS = (
+    "vocabulary_size",
+    "num_layers",
+    "num_heads",
+    "hidden_dim",
+    "intermediate_dim",
+    "dropout",
+    "max_sequence_length",
+)
 
 
 def _shape(num_layers: int, hidden_dim: int, num_heads: int, max_sequence_length: int = 1024) -> dict:

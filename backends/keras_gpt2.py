@@ -18,23 +18,12 @@ import json
 import os
 from pathlib import Path
 
-from backends.configs import GPT2_VOCABULARY_SIZE, get_config  # noqa: F401  (re-export)
+from backends.configs import BACKBONE_CONFIG_KEYS, GPT2_VOCABULARY_SIZE, get_config  # noqa: F401  (re-export)
 from registry.errors import NotFoundError, UsageError
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
 
-BACKBONE_CONFIG_KEYS = (
-    "vocabulary_size",
-    "num_layers",
-    "num_heads",
-    "hidden_dim",
-    "intermediate_dim",
-    "dropout",
-    "max_sequence_length",
-)
 
 
 def build(config: dict, seed: int = 0) -> "keras_hub.models.GPT2CausalLM":

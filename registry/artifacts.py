@@ -11,6 +11,10 @@ import os
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".h5", ".safetensors")
+MANIFEST = "gpt2reg.json"
+MODEL_ARTIFACT = "model"  # the MLflow pyfunc model inside a variant's run
+# Where the KerasHub preset sits inside a run's artifacts (the pyfunc model's own artifact).
+PRESET_PATH = f"{MODEL_ARTIFACT}/artifacts/preset"
 
 
 def weight_files(folder: str | os.PathLike) -> list[Path]:

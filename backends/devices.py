@@ -1,0 +1,59 @@
+"""Device strategies (`tf.distribute`) by name: auto, cpu, gpu, multi-gpu, multiworker, tpu.
+
+Example:
+    >>> from backends.devices import select_strategy
+    >>> with select_strategy("cpu").scope():
+    ...     ...  # build or load the model here
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from registry.errors import UsageError
+
+DEVICES = ("auto", "cpu", "gpu", "multi-gpu", "multiworker", "tpu")
+
+
+def select_strategy(device: str):
+    import tensorflow as tf
+
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+    gpus = tf.config.list_logical_devices("GPU")
+    if device == "auto":
+        if "TF_CONFIG" in os.environ:
+            return select_strategy("multiworker")
+        if len(gpus) > 1:
+            return tf.distribute.MirroredStrategy()
+        if len(gpus) == 1:
+            return tf.distribute.OneDeviceStrategy(gpus[0].name)
+        return tf.distribute.get_strategy()  # the default: whatever device TensorFlow places on
+    if device == "cpu":
+        return tf.distribute.OneDeviceStrategy("/cpu:0")
+    if device == "gpu":
+        if not gpus:
+            raise UsageError("--device gpu: no GPU is visible to TensorFlow; use --device cpu or auto")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name)
+    if device == "multi-gpu":
+        if len(gpus) < 2:
+            raise UsageError(f"--device multi-gpu needs at least 2 GPUs, {len(gpus)} visible; use --device gpu or auto")
+        return tf.distribute.MirroredStrategy([g.name for g in gpus])
+    if device == "multiworker":
+        config = os.environ.get("TF_CONFIG")
+        if not config:
+            raise UsageError("--device multiworker needs TF_CONFIG (the cluster and this worker's task) in the environment")
+        try:
+            json.loads(config)["cluster"]
+        except (ValueError, KeyError, TypeError):
+            raise UsageError("TF_CONFIG is not JSON with a 'cluster' entry; see tf.distribute.MultiWorkerMirroredStrategy") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    # tpu
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        raise UsageError(f"--device tpu: no TPU found ({str(error).splitlines()[0][:120]}); use --device auto") from None
+    return tf.distribute.TPUStrategy(resolver)

@@ -1,0 +1,1 @@
+"""Built-in capability plugins, one module each, loaded like third-party ones."""

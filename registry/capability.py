@@ -1,0 +1,118 @@
+"""The capability contract: options in, artifacts and metrics out.
+
+A capability never writes to MLflow or the lineage store: it returns a
+`CapabilityResult`, and the core records it (see `registry.recorder`).
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> from registry import Capability, CapabilityResult
+    >>> class CountTokens(Capability):
+    ...     name = "count-tokens"
+    ...     needs_model = False
+    ...     @dataclass
+    ...     class Options:
+    ...         text: str
+    ...     def run(self, context, *, text):
+    ...         from backends.tokenizer import encode
+    ...         return CapabilityResult(output={"tokens": len(encode(text))})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from registry.errors import UsageError
+
+
+@dataclass
+class CapabilityResult:
+    """What a capability hands back to the core.
+
+    - ``preset_dir``: folder of the new variant (a KerasHub preset), for
+      capabilities that make one; the core hashes, logs and registers it.
+    - ``metrics``: figures about the result (for a new variant: its own).
+    - ``parent_metrics``: the same figures measured on the parent in the same
+      conditions; the core stores ``metrics - parent_metrics`` on the edge.
+    - ``history``: metric name -> [(step, value)], logged as MLflow curves.
+    - ``settings``: what the operation did, kept on the lineage edge.
+    - ``output``: JSON-ready data for the caller (generated text, ids, ...).
+    """
+
+    preset_dir: Path | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    parent_metrics: dict[str, float] = field(default_factory=dict)
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    output: dict[str, Any] = field(default_factory=dict)
+
+
+Progress = Callable[..., None]
+
+
+@dataclass
+class RunContext:
+    """What the core gives a capability: the parent variant, a work folder, helpers."""
+
+    variant: Any  # registry.sdk.Variant or None
+    workdir: Path
+    progress: Progress = lambda **fields: None
+    device: str = "auto"
+
+    def load_model(self):
+        """The parent variant as a KerasHub ``GPT2CausalLM``."""
+        if self.variant is None:
+            raise UsageError("this capability needs a model reference")
+        return self.variant.load()
+
+    def strategy(self):
+        """The ``tf.distribute`` strategy the ``select_strategy`` hook picks for ``device``."""
+        from registry.plugins import load_plugins
+
+        strategy = load_plugins().hook.select_strategy(device=self.device)
+        if strategy is None:
+            raise UsageError(f"no plugin provides device {self.device!r}; use auto, cpu, gpu, multi-gpu, multiworker or tpu")
+        return strategy
+
+
+class Capability(ABC):
+    """Base class of every capability (built-in or third-party).
+
+    Subclasses set ``name``, describe their options as a dataclass named
+    ``Options`` (types and defaults are the documentation; ``__post_init__``
+    validates and raises ``UsageError``), and implement ``run``.
+    """
+
+    name: ClassVar[str]
+    operation: ClassVar[str | None] = None  # lineage operation when it makes a variant
+    needs_model: ClassVar[bool] = True
+
+    @dataclass
+    class Options:
+        pass
+
+    @classmethod
+    def validate(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Options checked against ``Options``: unknown names and bad values raise UsageError."""
+        known = {f.name for f in dataclasses.fields(cls.Options)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise UsageError(
+                f"{cls.name} has no option {', '.join(unknown)}; its options are: {', '.join(sorted(known)) or 'none'}"
+            )
+        try:
+            checked = cls.Options(**options)
+        except TypeError as error:
+            raise UsageError(f"{cls.name}: {error}") from None
+        return dataclasses.asdict(checked)
+
+    @property
+    def makes_variant(self) -> bool:
+        return self.operation is not None
+
+    @abstractmethod
+    def run(self, context: RunContext, **options) -> CapabilityResult:
+        """Do the work; return artifacts and metrics, never write to the stores."""

@@ -1,0 +1,474 @@
+"""The `gpt2reg` command line.
+
+Every command takes `--home` and `--json`; exit codes: 0 success, 2 bad usage
+or bad input (one line naming the problem and the fix), 1 other failure.
+Heavy libraries (TensorFlow, MLflow) are imported inside the commands that
+need them, so `gpt2reg --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from registry.errors import RegistryError, UsageError
+
+
+# ---------------------------------------------------------------- shared options
+
+
+def _store_option(ctx, param, value):
+    if value is not None:
+        ctx.meta[f"gpt2reg.{param.name}"] = value
+    return value
+
+
+def common(command):
+    """Add --home, --tracking-uri, --lineage-url and --json to a command."""
+    options = [
+        click.option("--home", type=click.Path(file_okay=False), default=None, expose_value=False, callback=_store_option,
+                     help="Registry home (default: $GPT2REG_HOME or ./mlruns)."),
+        click.option("--tracking-uri", default=None, expose_value=False, callback=_store_option,
+                     help="MLflow tracking server instead of the home's mlflow.db."),
+        click.option("--lineage-url", default=None, expose_value=False, callback=_store_option,
+                     help="SQLAlchemy URL of the lineage database instead of the home's lineage.db."),
+        click.option("--json", "as_json", is_flag=True, default=False, expose_value=False, callback=_store_option,
+                     help="Print one JSON document."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _meta(key, default=None):
+    return click.get_current_context().meta.get(f"gpt2reg.{key}", default)
+
+
+def as_json() -> bool:
+    return bool(_meta("as_json", False))
+
+
+def open_registry(progress: bool = False):
+    from registry.sdk import Registry
+
+    reporter = None
+    if progress:
+        from registry.progress import ProgressReporter
+
+        reporter = ProgressReporter()
+    return Registry(_meta("home"), tracking_uri=_meta("tracking_uri"), lineage_url=_meta("lineage_url"), progress=reporter)
+
+
+def emit(document, human=None) -> None:
+    if as_json():
+        click.echo(json.dumps(document, indent=2, default=str))
+    elif human is not None:
+        human()
+    else:
+        click.echo(json.dumps(document, indent=2, default=str))
+
+
+def console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+# ---------------------------------------------------------------- the group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="gpt2-registry")
+def cli():
+    """gpt2reg: a registry of GPT-2 variants with lineage, on MLflow and KerasHub."""
+
+
+def _register_plugin_commands() -> None:
+    # Plugins may add commands; a broken plugin must not break the CLI.
+    try:
+        from registry.plugins import load_plugins
+
+        load_plugins().hook.register_commands(cli=cli)
+    except Exception as error:  # reported by `gpt2reg plugins`
+        print(f"warning: a plugin failed to add its commands: {error}", file=sys.stderr)
+
+
+def main(argv=None) -> None:
+    if os.environ.get("GPT2REG_LOAD_PLUGINS", None) != "" and _needs_plugin_commands(argv):
+        _register_plugin_commands()
+    try:
+        cli.main(args=argv, prog_name="gpt2reg", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(2 if isinstance(error, click.UsageError) or error.exit_code == 2 else error.exit_code)
+    except UsageError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except RegistryError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as error:  # an unexpected failure: one line, exit 1, traceback on request
+        if os.environ.get("GPT2REG_DEBUG"):
+            raise
+        click.echo(f"error: {type(error).__name__}: {error} (set GPT2REG_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
+
+
+def _needs_plugin_commands(argv) -> bool:
+    # Built-in commands never need plugin commands; only unknown names could be a plugin's.
+    args = list(sys.argv[1:] if argv is None else argv)
+    words = [a for a in args if not a.startswith("-")]
+    return bool(words) and words[0] not in cli.commands
+
+
+# ---------------------------------------------------------------- store commands
+
+
+def _variant_table(variants, title=None):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("ref", "operation", "parents", "parameters", "size", "perplexity", "content hash"):
+        table.add_column(column, justify="right" if column in ("parameters", "size", "perplexity") else "left")
+    for v in variants:
+        perplexity = v.metrics.get("perplexity")
+        table.add_row(
+            v.ref, v.operation, ", ".join(v.parents) or "-", f"{v.parameters:,}", human_size(v.size_bytes),
+            f"{perplexity:,.2f}" if perplexity is not None else "-", v.content_hash[:12],
+        )
+    return table
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return str(size)
+
+
+@cli.command()
+@common
+def init():
+    """Create the registry home (MLflow store, artifact root, lineage database)."""
+    reg = open_registry().init()
+    emit({"home": str(reg.home.path), "tracking_uri": reg.home.tracking_uri, "lineage_url": reg.home.lineage_url},
+         lambda: click.echo(f"registry ready at {reg.home.path}"))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--config", "config_name", default="tiny", show_default=True,
+              help="tiny | gpt2 | gpt2-medium | gpt2-large | gpt2-xl")
+@click.option("--seed", type=int, default=0, show_default=True)
+@common
+def create(name, config_name, seed):
+    """Register a new randomly initialised GPT-2 as NAME."""
+    variant = open_registry(progress=True).create(name, config=config_name, seed=seed)
+    _emit_variant(variant)
+
+
+@cli.command("import")
+@click.argument("name")
+@click.argument("source")
+@common
+def import_(name, source):
+    """Register SOURCE (KerasHub preset folder, HF checkpoint folder, preset name, hf://org/repo) as NAME."""
+    variant = open_registry(progress=True).import_(name, source)
+    _emit_variant(variant)
+
+
+def _emit_variant(variant):
+    emit(variant.to_dict(), lambda: console().print(_variant_table([variant])))
+
+
+@cli.command("list")
+@click.argument("name", required=False)
+@common
+def list_(name):
+    """List variants (all, or the versions of NAME)."""
+    variants = open_registry().list(name)
+    emit({"variants": [v.to_dict() for v in variants]},
+         lambda: console().print(_variant_table(variants)) if variants else click.echo("no variants yet"))
+
+
+@cli.command()
+@click.argument("ref")
+@common
+def show(ref):
+    """Show one variant: REF is NAME, NAME/VERSION or NAME@ALIAS."""
+    reg = open_registry()
+    variant = reg.get(ref)
+    document = variant.to_dict()
+    document["aliases"] = reg.aliases(variant)
+    document["preset_path"] = str(reg.preset_path(variant)) if reg.home.is_local else None
+
+    def human():
+        out = console()
+        out.print(_variant_table([variant]))
+        out.print(f"aliases: {', '.join(document['aliases']) or '-'}")
+        out.print(f"MLflow: {variant.uri} (run {variant.run_id})")
+        out.print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(variant.metrics.items())))
+
+    emit(document, human)
+
+
+@cli.command()
+@click.argument("ref")
+@common
+def lineage(ref):
+    """Print the family tree of REF: ancestors and descendants with their metrics."""
+    graph = open_registry().lineage_graph(ref)
+    emit(graph, lambda: console().print(lineage_tree(graph)))
+
+
+def lineage_tree(graph):
+    from rich.tree import Tree
+
+    nodes = {n["ref"]: n for n in graph["nodes"]}
+    children: dict[str, list] = {}
+    has_parent = set()
+    for edge in graph["edges"]:
+        children.setdefault(edge["parent"], []).append(edge)
+        has_parent.add(edge["child"])
+
+    def label(node, edge=None):
+        perplexity = node["metrics"].get("perplexity")
+        text = f"[bold]{node['ref']}[/bold] ({node['operation']})  size {human_size(node['size_bytes'])}"
+        if perplexity is not None:
+            text += f"  perplexity {perplexity:,.2f}"
+        if edge and "perplexity" in edge["metric_deltas"]:
+            text += f" ({edge['metric_deltas']['perplexity']:+,.2f})"
+        if node["ref"] == graph["root"]:
+            text += "  ◀"
+        return text
+
+    tree = Tree(f"lineage of {graph['root']}")
+
+    def add(branch, ref, seen):
+        for edge in children.get(ref, []):
+            if edge["child"] in seen:
+                continue
+            child_branch = branch.add(label(nodes[edge["child"]], edge))
+            add(child_branch, edge["child"], seen | {edge["child"]})
+
+    for ref, node in nodes.items():
+        if ref not in has_parent:
+            add(tree.add(label(node)), ref, {ref})
+    return tree
+
+
+@cli.command()
+@click.argument("ref")
+@click.argument("alias")
+@common
+def alias(ref, alias):
+    """Point ALIAS of REF's model at REF's version (NAME@ALIAS then resolves to it)."""
+    variant = open_registry().alias(ref, alias)
+    emit({"ref": variant.ref, "alias": f"{variant.name}@{alias}"},
+         lambda: click.echo(f"{variant.name}@{alias} -> {variant.ref}"))
+
+
+# ---------------------------------------------------------------- capabilities
+
+
+@cli.command()
+@click.argument("text")
+@click.option("--decode", is_flag=True, help="TEXT is comma- or space-separated token ids: turn them into text.")
+@common
+def tokenize(text, decode):
+    """Token ids and pieces of TEXT under the GPT-2 BPE (no model needed)."""
+    options = {"text": text}
+    if decode:
+        try:
+            options = {"token_ids": [int(t) for t in text.replace(",", " ").split()]}
+        except ValueError:
+            raise UsageError("--decode expects token ids such as '464 2068 7586'") from None
+    output = _run_storeless("tokenize", options)
+    emit(output, lambda: _print_tokens(output))
+
+
+def _run_storeless(capability, options):
+    from registry.capability import RunContext
+    from registry.plugins import capabilities
+
+    cap = capabilities()[capability]()
+    return cap.run(RunContext(variant=None, workdir=None), **cap.validate(options)).output
+
+
+def _print_tokens(output):
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("#", justify="right")
+    table.add_column("id", justify="right")
+    table.add_column("piece")
+    for index, (token_id, piece) in enumerate(zip(output["token_ids"], output["pieces"])):
+        table.add_row(str(index), str(token_id), repr(piece))
+    out = console()
+    out.print(table)
+    out.print(f"{len(output['token_ids'])} tokens")
+
+
+@cli.command()
+@click.argument("ref")
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--max-new-tokens", type=int, default=32, show_default=True)
+@click.option("--sampler", type=click.Choice(["greedy", "top_k", "top_p", "random"]), default="greedy", show_default=True)
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--top-k", type=int, default=50, show_default=True)
+@click.option("--top-p", type=float, default=0.9, show_default=True)
+@click.option("--seed", type=int, default=None)
+@common
+def generate(ref, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed):
+    """Continue each PROMPT with the model REF (all prompts in one batch)."""
+    result = open_registry().run(
+        "generate", ref, prompts=list(prompts), max_new_tokens=max_new_tokens, sampler=sampler,
+        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+    )
+
+    def human():
+        for item in result.output["outputs"]:
+            click.echo(item["prompt"] + click.style(item["text"], bold=True))
+
+    emit(result.output, human)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--data", multiple=True, required=True, help="Text file, folder or JSONL (repeatable).")
+@click.option("--val-data", multiple=True, help="Held-out text (default: the last --val-split of --data).")
+@click.option("--val-split", type=float, default=0.1, show_default=True)
+@click.option("--steps", type=int, default=None, help="Optimiser steps (default: one epoch).")
+@click.option("--epochs", type=float, default=None)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--seq-len", type=int, default=None, help="Tokens per block (default: context, at most 128).")
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--warmup-steps", type=int, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | gpu | multi-gpu | multiworker | tpu")
+@click.option("--name", default=None, help="Registered model for the result (default: PARENT-finetune).")
+@common
+def finetune(ref, data, val_data, val_split, steps, epochs, batch_size, seq_len, lr, warmup_steps, seed,
+             text_field, device, name):
+    """Fine-tune every weight of REF on text; registers the result with its lineage."""
+    variant = open_registry(progress=True).run(
+        "finetune", ref, name=name, device=device, data=list(data), val_data=list(val_data) or None,
+        val_split=val_split, steps=steps, epochs=epochs, batch_size=batch_size, seq_len=seq_len, lr=lr,
+        warmup_steps=warmup_steps, seed=seed, text_field=text_field,
+    )
+    _emit_variant(variant)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--data", multiple=True, required=True, help="Text file, folder or JSONL (repeatable).")
+@click.option("--stride", type=int, default=None, help="Sliding-window stride for long texts (default: half the context).")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--log/--no-log", default=True, show_default=True, help="Record the figures on the variant's MLflow run and lineage.")
+@common
+def evaluate(ref, data, stride, batch_size, text_field, log):
+    """Perplexity of REF over the data (token-weighted; no token prepended)."""
+    reg = open_registry()
+    result = reg.run("evaluate", ref, data=list(data), stride=stride, batch_size=batch_size, text_field=text_field)
+    if log:
+        reg.record_metrics(ref, result.metrics, data_digest=result.output["data_digest"])
+    output = {"ref": reg.get(ref).ref, **result.output}
+    emit(output, lambda: click.echo(
+        f"{output['ref']}: perplexity {output['perplexity']:,.3f}  mean NLL {output['mean_nll']:.4f}  over {output['tokens']:,} tokens"))
+
+
+# ---------------------------------------------------------------- the rest
+
+
+@cli.command()
+@click.option("--steps", type=int, default=None, help="Fine-tuning steps (default: sized to finish in a few minutes).")
+@click.option("--name", default="quickstart", show_default=True)
+@common
+def quickstart(steps, name):
+    """The whole pipeline on the embedded default: create, fine-tune, evaluate, lineage."""
+    from registry.quickstart import run_quickstart
+
+    reg = open_registry(progress=True)
+    summary = run_quickstart(reg, name=name, steps=steps, say=None if as_json() else click.echo)
+    if as_json():
+        emit(summary)
+
+
+@cli.command()
+@common
+def plugins():
+    """List loaded plugins, their hooks and capabilities, and plugins that failed to load."""
+    from registry.plugins import capabilities, plugin_rows
+
+    rows = plugin_rows()
+    document = {"plugins": rows, "capabilities": sorted(capabilities())}
+
+    def human():
+        from rich.table import Table
+
+        table = Table()
+        for column in ("plugin", "status", "source", "hooks / error"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(row["name"], row["status"], row["source"], row["error"] or ", ".join(row["hooks"]))
+        out = console()
+        out.print(table)
+        out.print("capabilities: " + ", ".join(document["capabilities"]))
+
+    emit(document, human)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=5000, show_default=True)
+@common
+def ui(host, port):
+    """Start the MLflow UI on the home's stores."""
+    import subprocess
+
+    reg = open_registry()
+    reg.init()
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", reg.home.tracking_uri,
+        "--default-artifact-root", reg.home.artifact_root.as_uri(), "--host", host, "--port", str(port),
+    ]
+    click.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)", err=True)
+    sys.exit(subprocess.call(command))
+
+
+@cli.command()
+@click.option("--repair", is_flag=True, help="Remove half-made variants and leftovers.")
+@common
+def doctor(repair):
+    """Check that MLflow, the lineage store and the artifacts agree."""
+    from registry.doctor import run_doctor
+
+    report = run_doctor(open_registry(), repair=repair)
+
+    def human():
+        if not report["problems"]:
+            click.echo(f"all {report['variants_checked']} variants are complete and consistent")
+        for problem in report["problems"]:
+            click.echo(f"- {problem['kind']}: {problem['detail']}" + ("  [repaired]" if problem.get("repaired") else ""))
+
+    emit(report, human)
+    if report["problems"] and not repair:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""One recorder turns any capability's result into a registered variant.
+
+Order matters for "all or nothing": the artifacts are written and hashed in a
+staging folder and flushed to disk, then logged to an MLflow run, the run is
+finished, the model version is registered, and last the lineage row is
+committed. The lineage row is the commit point: a variant without one is
+half-made, and on any failure before it the recorder removes what it made
+(`gpt2reg doctor --repair` removes what a killed process left behind).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from registry import artifacts, serving
+from registry.capability import CapabilityResult
+from registry.tracking import TAG_PREFIX
+
+if TYPE_CHECKING:
+    from registry.sdk import Registry, Variant
+
+from registry.artifacts import MANIFEST, MODEL_ARTIFACT
+
+
+def read_backbone_config(preset_dir: Path) -> dict:
+    from backends.configs import BACKBONE_CONFIG_KEYS
+
+    config = json.loads((preset_dir / "config.json").read_text(encoding="utf-8"))
+    inner = config.get("config", config)
+    return {key: inner[key] for key in BACKBONE_CONFIG_KEYS if key in inner}
+
+
+def metric_deltas(child: dict[str, float], parent: dict[str, float]) -> dict[str, float]:
+    return {
+        key: child[key] - parent[key]
+        for key in sorted(set(child) & set(parent))
+        if isinstance(child[key], (int, float)) and isinstance(parent[key], (int, float))
+        and math.isfinite(child[key]) and math.isfinite(parent[key])
+    }
+
+
+class Recorder:
+    def __init__(self, registry: "Registry"):
+        self.registry = registry
+
+    def record(
+        self,
+        *,
+        name: str,
+        operation: str,
+        parents: list[tuple["Variant", str]],
+        result: CapabilityResult,
+        staging: Path,
+        kind: str = "full",
+    ) -> "Variant":
+        from backends.configs import parameter_count
+
+        tracker = self.registry.tracker
+        lineage = self.registry.lineage
+        preset_dir = Path(result.preset_dir)
+        config = read_backbone_config(preset_dir)
+        parameters = int(result.metrics.get("parameters") or parameter_count(config))
+        content_hash = artifacts.content_hash(preset_dir)
+        manifest = {
+            "operation": operation,
+            "kind": kind,
+            "parents": [{"ref": p.ref, "role": role, "content_hash": p.content_hash} for p, role in parents],
+            "content_hash": content_hash,
+            "config": config,
+            "settings": result.settings,
+            "created": datetime.now(timezone.utc).isoformat(),
+        }
+        (preset_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+        model_dir = staging / MODEL_ARTIFACT
+        serving.save_pyfunc(preset_dir, model_dir)
+        artifacts.fsync_tree(model_dir)
+        size_bytes = artifacts.folder_size(preset_dir)
+
+        metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        metrics.update(parameters=float(parameters), size_bytes=float(size_bytes))
+        parent_refs = ",".join(p.ref for p, _ in parents)
+        tags = {
+            f"{TAG_PREFIX}operation": operation,
+            f"{TAG_PREFIX}kind": kind,
+            f"{TAG_PREFIX}parent": parent_refs,
+            f"{TAG_PREFIX}content_hash": content_hash,
+            f"{TAG_PREFIX}config": json.dumps(config, sort_keys=True),
+        }
+        run = tracker.start_run(run_name=f"{name}-{operation}", tags=tags)
+        run_id = run.info.run_id
+        version = None
+        try:
+            tracker.log_params(run_id, {"operation": operation, **result.settings})
+            tracker.log_metrics(run_id, metrics, result.history)
+            tracker.log_artifacts(run_id, model_dir, MODEL_ARTIFACT)
+            tracker.log_artifact(run_id, preset_dir / MANIFEST)
+            tracker.finish_run(run_id)
+            model_version = tracker.register(
+                name,
+                source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT}",
+                run_id=run_id,
+                tags=tags,
+                description=_description(operation, parents, metrics),
+            )
+            version = int(model_version.version)
+            edges = []
+            for parent, role in parents:
+                deltas = metric_deltas(
+                    {k: metrics[k] for k in ("parameters", "size_bytes")},
+                    {"parameters": parent.parameters, "size_bytes": parent.size_bytes},
+                )
+                if role in ("parent", "base", "teacher"):
+                    deltas.update(metric_deltas(metrics, result.parent_metrics))
+                edges.append((parent.ref, role, result.settings, deltas))
+            row = lineage.add_variant(
+                name=name,
+                version=version,
+                kind=kind,
+                operation=operation,
+                config=config,
+                parameters=parameters,
+                size_bytes=size_bytes,
+                content_hash=content_hash,
+                run_id=run_id,
+                artifact_uri=run.info.artifact_uri,
+                metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
+                tags={"operation": operation},
+                parents=edges,
+            )
+        except BaseException:
+            if version is not None:
+                tracker.delete_version(name, version)
+            tracker.delete_run(run_id)
+            raise
+        return self.registry._variant(row)
+
+
+def _description(operation: str, parents: list, metrics: dict[str, float]) -> str:
+    lines = [f"GPT-2 variant made by `{operation}`."]
+    for parent, role in parents:
+        lines.append(f"- {role}: [{parent.ref}](#/models/{parent.name}/versions/{parent.version})")
+    if "perplexity" in metrics:
+        lines.append(f"- perplexity: {metrics['perplexity']:.2f}")
+    lines.append(f"- parameters: {int(metrics['parameters']):,}; size: {int(metrics['size_bytes']):,} bytes")
+    return "\n".join(lines)

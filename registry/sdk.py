@@ -1,0 +1,333 @@
+"""The Python SDK: the same registry the `gpt2reg` CLI works on.
+
+Example:
+    >>> from registry import Registry
+    >>> reg = Registry("mlruns")
+    >>> base = reg.create("base", config="tiny", seed=0)
+    >>> tuned = reg.run("finetune", base, data=["notes.txt"], steps=20)
+    >>> reg.alias(tuned, "champion")
+    >>> reg.get("base-finetune@champion").load().generate("Hello", max_length=20)
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from registry import references
+from registry.capability import CapabilityResult, RunContext
+from registry.errors import NotFoundError, RegistryError, UsageError
+from registry.home import Home
+from registry.lineage import LineageVariant
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One registered model version (`NAME/VERSION`) with its lineage facts."""
+
+    name: str
+    version: int
+    kind: str
+    operation: str
+    parents: tuple[str, ...]
+    parameters: int
+    size_bytes: int
+    content_hash: str
+    run_id: str | None
+    artifact_uri: str | None
+    metrics: dict[str, float]
+    config: dict[str, Any]
+    tags: dict[str, str]
+    created_at: Any
+    _registry: "Registry" = field(repr=False, compare=False, default=None)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @property
+    def uri(self) -> str:
+        """The MLflow model URI: `mlflow.pyfunc.load_model(v.uri)`."""
+        return f"models:/{self.name}/{self.version}"
+
+    @property
+    def parent(self) -> str | None:
+        return self.parents[0] if self.parents else None
+
+    def load(self):
+        """The variant as a KerasHub `GPT2CausalLM`."""
+        return self._registry.load(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref,
+            "name": self.name,
+            "version": self.version,
+            "kind": self.kind,
+            "operation": self.operation,
+            "parents": list(self.parents),
+            "parameters": self.parameters,
+            "size_bytes": self.size_bytes,
+            "content_hash": self.content_hash,
+            "metrics": dict(self.metrics),
+            "config": dict(self.config),
+            "run_id": self.run_id,
+            "uri": self.uri,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+        }
+
+
+class Registry:
+    """A registry home: MLflow tracking + model registry, and the lineage store."""
+
+    def __init__(self, home: str | Path | None = None, *, tracking_uri: str | None = None,
+                 lineage_url: str | None = None, progress=None):
+        self.home = Home.resolve(home, tracking_uri=tracking_uri, lineage_url=lineage_url)
+        self.progress = progress
+        self._lineage = None
+        self._tracker = None
+
+    # ------------------------------------------------------------ stores
+
+    @property
+    def lineage(self):
+        if self._lineage is None:
+            from registry.lineage import LineageStore
+
+            self._require_home()
+            self._lineage = LineageStore(self.home.lineage_url)
+        return self._lineage
+
+    @property
+    def tracker(self):
+        if self._tracker is None:
+            from registry.tracking import Tracker
+
+            self._require_home()
+            self._tracker = Tracker(self.home)
+        return self._tracker
+
+    def init(self) -> "Registry":
+        """Create the home and both stores (idempotent)."""
+        self.home.create()
+        self.lineage  # noqa: B018 - opening runs the migrations
+        self.tracker.experiment_id  # noqa: B018 - creates the experiment and MLflow's tables
+        return self
+
+    def _require_home(self) -> None:
+        if not self.home.exists() and not (self.home.path / ".staging").exists():
+            raise UsageError(f"no registry at {self.home.path}; run `gpt2reg init` (or pass --home)")
+
+    def close(self) -> None:
+        if self._lineage is not None:
+            self._lineage.close()
+            self._lineage = None
+
+    # ------------------------------------------------------------ reading
+
+    def _variant(self, row: LineageVariant) -> Variant:
+        parents = tuple(edge.parent_ref for edge in self.lineage.parents(row.name, row.version))
+        return Variant(
+            name=row.name, version=row.version, kind=row.kind, operation=row.operation, parents=parents,
+            parameters=row.parameters, size_bytes=row.size_bytes, content_hash=row.content_hash,
+            run_id=row.run_id, artifact_uri=row.artifact_uri, metrics=dict(row.metrics), config=dict(row.config),
+            tags=dict(row.tags), created_at=row.created_at, _registry=self,
+        )
+
+    def get(self, reference: "str | Variant") -> Variant:
+        """Resolve `NAME`, `NAME/VERSION` or `NAME@ALIAS`."""
+        if isinstance(reference, Variant):
+            return reference
+        ref = references.parse(reference)
+        if not self.home.exists():
+            raise NotFoundError(f"no variant {reference}: the registry at {self.home.path} is empty; see `gpt2reg list`")
+        if ref.alias is not None:
+            version = self.tracker.resolve_alias(ref.name, ref.alias)
+            row = self.lineage.get(ref.name, version)
+        elif ref.version is not None:
+            row = self.lineage.get(ref.name, ref.version)
+        else:
+            row = self.lineage.latest(ref.name)
+        if row is None:
+            raise NotFoundError(f"no variant {reference} in {self.home.path}; see `gpt2reg list`")
+        return self._variant(row)
+
+    def list(self, name: str | None = None) -> list[Variant]:
+        if not self.home.exists():
+            return []
+        return [self._variant(row) for row in self.lineage.list(name)]
+
+    def aliases(self, variant: "str | Variant") -> list[str]:
+        variant = self.get(variant)
+        return sorted(a for a, v in self.tracker.aliases(variant.name).items() if v == variant.version)
+
+    def alias(self, variant: "str | Variant", alias: str) -> Variant:
+        variant = self.get(variant)
+        self.tracker.set_alias(variant.name, references.check_alias(alias), variant.version)
+        return variant
+
+    def preset_path(self, variant: "str | Variant") -> Path:
+        """The variant's KerasHub preset folder (downloaded first from a remote store)."""
+        from registry.artifacts import PRESET_PATH
+        from registry.tracking import local_path
+
+        variant = self.get(variant)
+        local = local_path(variant.artifact_uri or "")
+        if local is not None:
+            path = local / PRESET_PATH
+        else:
+            cache = self.home.path / "cache" / variant.content_hash
+            path = cache / Path(PRESET_PATH).name
+            if not path.exists():
+                self.tracker.download(f"{variant.artifact_uri}/{PRESET_PATH}", cache)
+        if not (path / "config.json").exists():
+            raise RegistryError(f"the files of {variant.ref} are missing from {path}; run `gpt2reg doctor`")
+        return path
+
+    def load(self, variant: "str | Variant"):
+        from backends import keras_gpt2
+        from registry import artifacts
+
+        variant = self.get(variant)
+        path = self.preset_path(variant)
+        if artifacts.content_hash(path) != variant.content_hash:
+            raise RegistryError(
+                f"the weights of {variant.ref} do not match their recorded hash (damaged files); run `gpt2reg doctor`"
+            )
+        return keras_gpt2.load(path)
+
+    def lineage_graph(self, variant: "str | Variant") -> dict[str, Any]:
+        variant = self.get(variant)
+        rows, edges = self.lineage.graph(variant.name, variant.version)
+        return {
+            "root": variant.ref,
+            "nodes": [self._variant(row).to_dict() for row in rows],
+            "edges": [
+                {"parent": e.parent_ref, "child": e.child_ref, "operation": e.operation, "role": e.role,
+                 "settings": e.settings, "metric_deltas": e.metric_deltas}
+                for e in edges
+            ],
+        }
+
+    lineage_of = lineage_graph
+
+    def search(self, metric: str = "perplexity", *, max_size_mb: float | None = None,
+               max_parameters: int | None = None, higher_is_better: bool = False) -> Variant | None:
+        """The best variant by `metric` under the size constraints, or None."""
+        candidates = [
+            v for v in self.list()
+            if metric in v.metrics
+            and (max_size_mb is None or v.size_bytes <= max_size_mb * 1e6)
+            and (max_parameters is None or v.parameters <= max_parameters)
+        ]
+        if not candidates:
+            return None
+        return (max if higher_is_better else min)(candidates, key=lambda v: v.metrics[metric])
+
+    # ------------------------------------------------------------ making variants
+
+    @contextmanager
+    def _staging(self) -> Iterator[Path]:
+        self.home.create()
+        folder = Path(tempfile.mkdtemp(prefix=f"{uuid.uuid4().hex[:8]}-", dir=self.home.staging))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _record(self, *, name: str, operation: str, parents: list, result: CapabilityResult, staging: Path) -> Variant:
+        from registry.recorder import Recorder
+
+        return Recorder(self).record(name=name, operation=operation, parents=parents, result=result, staging=staging)
+
+    def create(self, name: str, *, config: str = "tiny", seed: int = 0) -> Variant:
+        """A new randomly initialised GPT-2 of a named configuration."""
+        from backends.configs import get_config
+
+        references.check_name(name)
+        shape = get_config(config)
+        self.init()
+        with self._staging() as staging:
+            from backends import keras_gpt2
+
+            self._progress(description=f"building {config}")
+            lm = keras_gpt2.build(shape, seed=seed)
+            preset = staging / "preset"
+            keras_gpt2.save(lm, preset)
+            result = CapabilityResult(
+                preset_dir=preset,
+                metrics={"parameters": keras_gpt2.parameter_count(lm)},
+                settings={"config": config, "seed": seed},
+            )
+            return self._record(name=name, operation="create", parents=[], result=result, staging=staging)
+
+    def import_(self, name: str, source: str) -> Variant:
+        """Import a KerasHub preset folder, a Hugging Face GPT-2 folder, a preset name or hf://org/repo."""
+        references.check_name(name)
+        if not source:
+            raise UsageError("empty source: give a checkpoint folder, a KerasHub preset name or hf://org/repo")
+        from backends import keras_gpt2  # validates the source before the home is touched
+
+        with tempfile.TemporaryDirectory(prefix="gpt2reg-import-") as scratch:
+            preset = Path(scratch) / "preset"
+            description = keras_gpt2.import_model(source, preset)
+            self.init()
+            with self._staging() as staging:
+                shutil.move(str(preset), staging / "preset")
+                result = CapabilityResult(preset_dir=staging / "preset", settings=description)
+                return self._record(name=name, operation="import", parents=[], result=result, staging=staging)
+
+    def run(self, capability: str, variant: "str | Variant | None" = None, *, name: str | None = None,
+            device: str = "auto", **options) -> "Variant | CapabilityResult":
+        """Run any capability; a capability that makes a variant returns the new `Variant`."""
+        from registry.plugins import capabilities, load_plugins
+
+        found = capabilities()
+        if capability not in found:
+            raise NotFoundError(f"no capability {capability!r}; installed: {', '.join(sorted(found))} (see `gpt2reg plugins`)")
+        cap = found[capability]()
+        checked = cap.validate(options)
+        parent = self.get(variant) if variant is not None else None
+        if cap.needs_model and parent is None:
+            raise UsageError(f"{capability} needs a model reference")
+        if cap.makes_variant:
+            name = references.check_name(name or f"{parent.name}-{cap.operation}")
+        hooks = load_plugins().hook
+        hooks.before_run(capability=cap, variant=parent, options=checked)
+        try:
+            if cap.makes_variant:
+                self.init()
+                with self._staging() as staging:
+                    context = RunContext(variant=parent, workdir=staging, progress=self._progress, device=device)
+                    result = cap.run(context, **checked)
+                    new = self._record(name=name, operation=cap.operation, parents=[(parent, "parent")],
+                                       result=result, staging=staging)
+            else:
+                with tempfile.TemporaryDirectory(prefix="gpt2reg-") as scratch:
+                    context = RunContext(variant=parent, workdir=Path(scratch), progress=self._progress, device=device)
+                    result = cap.run(context, **checked)
+                new = None
+        except BaseException as error:
+            hooks.on_run_error(capability=cap, variant=parent, error=error)
+            raise
+        hooks.after_run(capability=cap, variant=parent, result=result, new_variant=new)
+        return new if new is not None else result
+
+    def record_metrics(self, variant: "str | Variant", metrics: dict[str, float], *, data_digest: str | None = None) -> Variant:
+        """Attach evaluation figures to an existing variant (its MLflow run and lineage row)."""
+        variant = self.get(variant)
+        if variant.run_id:
+            self.tracker.log_metrics(variant.run_id, metrics)
+            if data_digest:
+                self.tracker.set_run_tag(variant.run_id, "gpt2reg.eval_data", data_digest)
+        self.lineage.update_metrics(variant.name, variant.version, metrics)
+        return self.get(variant.ref)
+
+    def _progress(self, **fields) -> None:
+        if self.progress is not None:
+            self.progress(**fields)
