@@ -21,25 +21,27 @@ def select_strategy(device: str):
 
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
-    gpus = tf.config.list_logical_devices("GPU")
+    if device == "auto" and "TF_CONFIG" in os.environ:
+        device = "multiworker"
+    # Physical, not logical, devices: listing logical ones starts the TensorFlow context,
+    # after which a multi-worker strategy can no longer configure its collective ops.
+    gpus = [f"/gpu:{index}" for index, _ in enumerate(tf.config.list_physical_devices("GPU"))]
     if device == "auto":
-        if "TF_CONFIG" in os.environ:
-            return select_strategy("multiworker")
         if len(gpus) > 1:
-            return tf.distribute.MirroredStrategy()
+            return tf.distribute.MirroredStrategy(gpus)
         if len(gpus) == 1:
-            return tf.distribute.OneDeviceStrategy(gpus[0].name)
+            return tf.distribute.OneDeviceStrategy(gpus[0])
         return tf.distribute.get_strategy()  # the default: whatever device TensorFlow places on
     if device == "cpu":
         return tf.distribute.OneDeviceStrategy("/cpu:0")
     if device == "gpu":
         if not gpus:
             raise UsageError("--device gpu: no GPU is visible to TensorFlow; use --device cpu or auto")
-        return tf.distribute.OneDeviceStrategy(gpus[0].name)
+        return tf.distribute.OneDeviceStrategy(gpus[0])
     if device == "multi-gpu":
         if len(gpus) < 2:
             raise UsageError(f"--device multi-gpu needs at least 2 GPUs, {len(gpus)} visible; use --device gpu or auto")
-        return tf.distribute.MirroredStrategy([g.name for g in gpus])
+        return tf.distribute.MirroredStrategy(gpus)
     if device == "multiworker":
         config = os.environ.get("TF_CONFIG")
         if not config:
