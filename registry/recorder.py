@@ -90,7 +90,7 @@ class Recorder:
             f"{TAG_PREFIX}content_hash": content_hash,
             f"{TAG_PREFIX}config": json.dumps(config, sort_keys=True),
         }
-        run = tracker.start_run(run_name=f"{name}-{operation}", tags=tags)
+        run = tracker.start_run(run_name=f"{name} ({operation})", tags=tags)
         run_id = run.info.run_id
         version = None
         try:

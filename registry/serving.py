@@ -79,7 +79,7 @@ def signature():
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "prompt")]),
+        inputs=Schema([ColSpec("string")]),  # a list of prompts, or a one-column DataFrame
         outputs=Schema([ColSpec("string")]),
         params=ParamSchema([ParamSpec(name, dtype, default) for name, (dtype, default) in GENERATION_PARAMS.items()]),
     )

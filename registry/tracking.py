@@ -78,12 +78,14 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        history = history or {}
+        # A metric with a curve is its curve: its last point is the final value.
         points = [
             Metric(key, float(value), now, 0)
             for key, value in metrics.items()
-            if isinstance(value, (int, float)) and math.isfinite(value)
+            if key not in history and isinstance(value, (int, float)) and math.isfinite(value)
         ]
-        for key, series in (history or {}).items():
+        for key, series in history.items():
             points.extend(Metric(key, float(v), now, int(step)) for step, v in series if math.isfinite(v))
         for start in range(0, len(points), _METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=points[start : start + _METRICS_PER_BATCH])

@@ -68,14 +68,20 @@ def test_doctor_finds_nothing_wrong_in_a_healthy_store(gpt2reg, family_home):
     assert result.json()["problems"] == [] and result.json()["variants_checked"] == 2
 
 
-def test_doctor_finds_and_repairs_a_half_made_variant(gpt2reg, imported_home, tmp_path, fixture_dir):
-    import shutil
+def _fresh_import(home, fixture_dir):
+    # A store of its own: MLflow records absolute artifact locations, so a copied home would share files.
+    from registry import Registry
 
+    reg = Registry(home)
+    reg.import_("fx", str(fixture_dir))
+    return reg
+
+
+def test_doctor_finds_and_repairs_a_half_made_variant(gpt2reg, tmp_path, fixture_dir):
     from registry import Registry
 
     home = tmp_path / "home"
-    shutil.copytree(imported_home, home)
-    reg = Registry(home)
+    reg = _fresh_import(home, fixture_dir)
     # A registration that died after MLflow registered the version but before the lineage commit.
     row = reg.lineage.get("fx", 1)
     reg.lineage.delete_variant("fx", 1)
@@ -89,15 +95,10 @@ def test_doctor_finds_and_repairs_a_half_made_variant(gpt2reg, imported_home, tm
     assert Registry(home).tracker.versions() == [] and row is not None
 
 
-def test_damaged_weights_are_detected_before_loading(imported_home, tmp_path):
-    import shutil
-
-    from registry import Registry
+def test_damaged_weights_are_detected_before_loading(tmp_path, fixture_dir):
     from registry.errors import RegistryError
 
-    home = tmp_path / "home"
-    shutil.copytree(imported_home, home)
-    reg = Registry(home)
+    reg = _fresh_import(tmp_path / "home", fixture_dir)
     weights = reg.preset_path("fx") / "model.weights.h5"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -53,7 +53,7 @@ def test_last_position_logits_match(imported_home, reference):
     from registry import Registry
 
     lm = Registry(imported_home).get("fx").load()
-    for case in reference["cases"]:
+    for case in (c for c in reference["cases"] if "last_logits_first8" in c):
         ids = np.array([case["token_ids"]])
         logits = np.asarray(lm({"token_ids": ids, "padding_mask": np.ones_like(ids)}))[0, -1]
         np.testing.assert_allclose(logits[:8], case["last_logits_first8"], atol=1e-4)
