@@ -56,6 +56,7 @@ def parse(reference: str) -> Reference:
         return Reference(check_name(name), alias=check_alias(alias))
     if "/" in reference:
         name, version = reference.split("/", 1)
+        check_name(name)
         if not version.isdigit() or int(version) < 1 or version != str(int(version)):
             raise UsageError(f"invalid version in {reference!r}: give NAME/VERSION with VERSION a positive integer")
         return Reference(check_name(name), version=int(version))

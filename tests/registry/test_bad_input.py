@@ -1,0 +1,60 @@
+"""Bad input: exit code 2, one line that names the problem, and the store left as it was."""
+
+import pytest
+
+from tests.conftest import store_snapshot
+
+LONG_PROMPT = "word " * 120  # 120 tokens: with 16 new ones, past the 128-token context
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["show", "nope"], "no variant nope"),
+        (["show", "fx/9"], "no variant fx/9"),
+        (["show", "fx@missing"], "fx@missing does not exist"),
+        (["show", "../etc"], "invalid model name"),
+        (["generate", "nope", "hi"], "no variant nope"),
+        (["generate", "fx", "hi", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["generate", "fx", "hi", "--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["generate", "fx", LONG_PROMPT, "--max-new-tokens", "16"], "exceeds the model's context of 128"),
+        (["generate", "fx", "hi", "--sampler", "nucleus"], "nucleus"),
+        (["finetune", "fx", "--data", "missing.txt", "--steps", "1"], "missing.txt does not exist"),
+        (["finetune", "fx", "--data", "{empty}", "--steps", "1"], "is empty"),
+        (["finetune", "fx", "--data", "{text}", "--steps", "0"], "--steps must be at least 1"),
+        (["evaluate", "fx", "--data", "missing.txt"], "does not exist"),
+        (["evaluate", "fx", "--data", "{empty}"], "is empty"),
+        (["import", "other", "{folder}"], "not a checkpoint folder"),
+        (["import", "other", "./no/such/dir"], "does not exist"),
+        (["import", "bad name!", "{folder}"], "invalid model name"),
+        (["create", "x", "--config", "gpt5"], "unknown configuration"),
+        (["alias", "fx/1", "latest"], "reserved"),
+        (["finetune", "fx", "--data", "{text}", "--device", "tpu", "--steps", "1"], "tpu"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_changes_nothing(gpt2reg, imported_home, text_file, tmp_path, args, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    folder = tmp_path / "not-a-checkpoint"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello")
+    args = [a.format(empty=empty, folder=folder, text=text_file) for a in args]
+    before = store_snapshot(imported_home)
+    result = gpt2reg(*args, "--home", imported_home)
+    assert result.exit_code == 2, result
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:") or line.startswith("Error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert store_snapshot(imported_home) == before
+
+
+def test_reading_an_empty_home_creates_nothing(gpt2reg, tmp_path):
+    home = tmp_path / "nothing-here"
+    result = gpt2reg("show", "x", "--home", home)
+    assert result.exit_code == 2 and "no variant x" in result.stderr
+    assert not home.exists()
+    assert gpt2reg("list", "--json", "--home", home).json() == {"variants": []}
+    assert not home.exists()
+
+
+def test_unknown_option_is_a_usage_error(gpt2reg):
+    assert gpt2reg("generate", "--no-such-option").exit_code == 2
