@@ -86,6 +86,13 @@ def import_model(source: str, dest_dir: str | os.PathLike) -> dict:
         raise NotFoundError(f"{source} does not exist; give a checkpoint folder, a KerasHub preset name or hf://org/repo")
     else:
         kind = "hf-hub" if source.startswith("hf://") else "keras-hub-preset"
+        host = "huggingface.co" if kind == "hf-hub" else "www.kaggle.com"
+        if not _resolvable(host):
+            # Fail at once rather than after the hub clients' retries.
+            raise UsageError(
+                f"cannot fetch {source!r}: {host} is unreachable (no network); "
+                "download the checkpoint where the network allows and import the local folder"
+            )
         try:
             lm = keras_hub.models.GPT2CausalLM.from_preset(source)
         except Exception as error:  # network errors come in many types
@@ -102,6 +109,16 @@ def import_model(source: str, dest_dir: str | os.PathLike) -> dict:
         )
     save(lm, dest_dir)
     return {"source": str(source), "source_format": kind}
+
+
+def _resolvable(host: str) -> bool:
+    import socket
+
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
 
 
 def _looks_like_path(source: str) -> bool:

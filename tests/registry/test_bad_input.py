@@ -28,6 +28,8 @@ LONG_PROMPT = "word " * 120  # 120 tokens: with 16 new ones, past the 128-token 
         (["import", "other", "./no/such/dir"], "does not exist"),
         (["import", "bad name!", "{folder}"], "invalid model name"),
         (["create", "x", "--config", "gpt5"], "unknown configuration"),
+        (["import", "hub", "hf://openai-community/gpt2"], "import the local folder"),
+        (["import", "hub", "gpt2_base_en"], "import the local folder"),
         (["alias", "fx/1", "latest"], "reserved"),
         (["finetune", "fx", "--data", "{text}", "--device", "tpu", "--steps", "1"], "tpu"),
     ],
