@@ -1,8 +1,8 @@
 """One recorder turns any capability's result into a registered variant.
 
 Order matters for "all or nothing": the artifacts are written and hashed in a
-staging folder and flushed to disk, then logged to an MLflow run, the run is
-finished, the model version is registered, and last the lineage row is
+staging folder and flushed to disk, then logged to an MLflow run, the model
+version is registered, the run is finished, and last the lineage row is
 committed. The lineage row is the commit point: a variant without one is
 half-made, and on any failure before it the recorder removes what it made
 (`gpt2reg doctor --repair` removes what a killed process left behind).
@@ -98,7 +98,6 @@ class Recorder:
             tracker.log_metrics(run_id, metrics, result.history)
             tracker.log_artifacts(run_id, model_dir, MODEL_ARTIFACT)
             tracker.log_artifact(run_id, preset_dir / MANIFEST)
-            tracker.finish_run(run_id)
             model_version = tracker.register(
                 name,
                 source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT}",
@@ -107,6 +106,10 @@ class Recorder:
                 description=_description(operation, parents, metrics),
             )
             version = int(model_version.version)
+            tracker.log_artifacts(
+                run_id, self._lineage_files(f"{name}/{version}", operation, parents, metrics, staging), "lineage"
+            )
+            tracker.finish_run(run_id)
             edges = []
             for parent, role in parents:
                 deltas = metric_deltas(
@@ -137,6 +140,26 @@ class Recorder:
             tracker.delete_run(run_id)
             raise
         return self.registry._variant(row)
+
+
+    def _lineage_files(self, new_ref, operation, parents, metrics, staging: Path) -> Path:
+        """The family as it stands with the new variant in it, as lineage.json and lineage.png."""
+        from registry import lineage_picture
+
+        nodes: dict[str, dict] = {}
+        edges: list[dict] = []
+        for parent, _ in parents:
+            family = self.registry.lineage_graph(parent)
+            nodes.update({node["ref"]: node for node in family["nodes"]})
+            edges.extend(e for e in family["edges"] if e not in edges)
+        nodes[new_ref] = {"ref": new_ref, "operation": operation, "metrics": metrics}
+        edges.extend({"parent": p.ref, "child": new_ref, "operation": operation, "role": role} for p, role in parents)
+        graph = {"root": new_ref, "nodes": list(nodes.values()), "edges": edges}
+        folder = staging / "lineage"
+        folder.mkdir(exist_ok=True)
+        (folder / "lineage.json").write_text(json.dumps(graph, indent=2, default=str), encoding="utf-8")
+        lineage_picture.draw(graph, folder / "lineage.png")
+        return folder
 
 
 def _description(operation: str, parents: list, metrics: dict[str, float]) -> str:

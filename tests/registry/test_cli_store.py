@@ -47,6 +47,12 @@ def test_list_show_lineage_alias_and_mlflow_agree(gpt2reg, family_home):
     assert champion.tags["gpt2reg.parent"] == "base/1" and champion.tags["gpt2reg.operation"] == "finetune"
     run = client.get_run(champion.run_id)
     assert "train_loss" in run.data.metrics and len(client.get_metric_history(run.info.run_id, "train_loss")) == 6
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "lineage")}
+    assert artifacts == {"lineage/lineage.json", "lineage/lineage.png"}
+    picture = client.download_artifacts(run.info.run_id, "lineage/lineage.png")
+    assert open(picture, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    logged = json.loads(open(client.download_artifacts(run.info.run_id, "lineage/lineage.json")).read())
+    assert logged["edges"] == [{"parent": "base/1", "child": "base-finetune/1", "operation": "finetune", "role": "parent"}]
 
     tree = gpt2reg("lineage", "base-finetune", *home)
     assert "base/1" in tree.stdout and "base-finetune/1" in tree.stdout
