@@ -80,8 +80,12 @@ def import_model(source: str, dest_dir: str | os.PathLike) -> dict:
     """
     path = Path(source).expanduser()
     if path.exists():
-        kind = _check_local_checkpoint(path)
-        lm = keras_hub.models.GPT2CausalLM.from_preset(str(path.resolve()))
+        kind, overrides = _check_local_checkpoint(path)
+        try:
+            lm = keras_hub.models.GPT2CausalLM.from_preset(str(path.resolve()), **overrides)
+        except Exception as error:  # safetensors, h5py and Keras each raise their own types
+            first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise UsageError(f"cannot load the checkpoint in {path}: {first_line}; the files are damaged or incomplete") from None
     elif _looks_like_path(source):
         raise NotFoundError(f"{source} does not exist; give a checkpoint folder, a KerasHub preset name or hf://org/repo")
     else:
@@ -125,7 +129,30 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or os.sep in source and not source.startswith("hf://")
 
 
-def _check_local_checkpoint(path: Path) -> str:
+# Hugging Face GPT-2 settings that KerasHub's GPT-2 computes with fixed values.
+_HF_FIXED_SETTINGS = {
+    "layer_norm_epsilon": (1e-5,),
+    "activation_function": ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"),  # KerasHub: tanh-approximated GELU
+    "scale_attn_weights": (True,),
+    "scale_attn_by_inverse_layer_idx": (False,),
+    "add_cross_attention": (False,),
+}
+
+
+def _hf_overrides(path: Path, config: dict) -> dict:
+    """Backbone arguments KerasHub's converter leaves out; refuse settings it cannot compute."""
+    for key, accepted in _HF_FIXED_SETTINGS.items():
+        if key in config and config[key] not in accepted:
+            raise UsageError(
+                f"{path} sets {key}={config[key]!r}; KerasHub's GPT-2 supports only {', '.join(map(repr, accepted))}"
+            )
+    overrides = {}
+    if config.get("n_inner") is not None:
+        overrides["intermediate_dim"] = int(config["n_inner"])
+    return overrides
+
+
+def _check_local_checkpoint(path: Path) -> tuple[str, dict]:
     if not path.is_dir():
         raise UsageError(f"{path} is a file; give the checkpoint folder that holds config.json")
     config_file = path / "config.json"
@@ -140,13 +167,13 @@ def _check_local_checkpoint(path: Path) -> str:
             raise UsageError(f"{path} holds a {config['registered_name']} preset, not GPT-2")
         if not (path / "model.weights.h5").is_file():
             raise UsageError(f"{path} has no model.weights.h5; the preset is incomplete")
-        return "keras-preset"
+        return "keras-preset", {}
     if config.get("model_type") == "gpt2":
         missing = [name for name in ("model.safetensors", "vocab.json", "merges.txt") if not (path / name).is_file()]
         if missing:
             hint = " (pickled pytorch_model.bin is refused: convert it to safetensors)" if (path / "pytorch_model.bin").exists() else ""
             raise UsageError(f"{path} lacks {', '.join(missing)}{hint}; a Hugging Face GPT-2 folder needs config.json, model.safetensors, vocab.json and merges.txt")
-        return "hf-checkpoint"
+        return "hf-checkpoint", _hf_overrides(path, config)
     raise UsageError(
         f"{path} is not a GPT-2 checkpoint (config.json names model_type {config.get('model_type')!r})"
     )

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -117,7 +118,10 @@ def train(
     preprocessor, lm.preprocessor = lm.preprocessor, None
     started = time.perf_counter()
     try:
-        lm.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[reporter])
+        with warnings.catch_warnings():
+            # The dataset is shuffled above; Keras warns that its own shuffle flag is unused.
+            warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+            lm.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[reporter])
     finally:
         lm.preprocessor = preprocessor
     seconds = time.perf_counter() - started

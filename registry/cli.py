@@ -97,8 +97,7 @@ def _register_plugin_commands() -> None:
 
 
 def main(argv=None) -> None:
-    if os.environ.get("GPT2REG_LOAD_PLUGINS", None) != "" and _needs_plugin_commands(argv):
-        _register_plugin_commands()
+    _register_plugin_commands()
     try:
         cli.main(args=argv, prog_name="gpt2reg", standalone_mode=False)
     except click.exceptions.Exit as done:
@@ -123,13 +122,6 @@ def main(argv=None) -> None:
             raise
         click.echo(f"error: {type(error).__name__}: {error} (set GPT2REG_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
-
-
-def _needs_plugin_commands(argv) -> bool:
-    # Built-in commands never need plugin commands; only unknown names could be a plugin's.
-    args = list(sys.argv[1:] if argv is None else argv)
-    words = [a for a in args if not a.startswith("-")]
-    return bool(words) and words[0] not in cli.commands
 
 
 # ---------------------------------------------------------------- store commands
@@ -295,16 +287,8 @@ def tokenize(text, decode):
             options = {"token_ids": [int(t) for t in text.replace(",", " ").split()]}
         except ValueError:
             raise UsageError("--decode expects token ids such as '464 2068 7586'") from None
-    output = _run_storeless("tokenize", options)
+    output = open_registry().run("tokenize", **options).output  # needs no model and touches no store
     emit(output, lambda: _print_tokens(output))
-
-
-def _run_storeless(capability, options):
-    from registry.capability import RunContext
-    from registry.plugins import capabilities
-
-    cap = capabilities()[capability]()
-    return cap.run(RunContext(variant=None, workdir=None), **cap.validate(options)).output
 
 
 def _print_tokens(output):

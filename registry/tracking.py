@@ -34,9 +34,10 @@ def _quiet_mlflow() -> None:
 
 class Tracker:
     def __init__(self, home: Home):
-        _quiet_mlflow()
         import mlflow
         from mlflow import MlflowClient
+
+        _quiet_mlflow()  # after the import: importing mlflow sets its loggers to INFO
 
         self.home = home
         self._mlflow = mlflow

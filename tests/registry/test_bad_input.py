@@ -60,3 +60,37 @@ def test_reading_an_empty_home_creates_nothing(gpt2reg, tmp_path):
 
 def test_unknown_option_is_a_usage_error(gpt2reg):
     assert gpt2reg("generate", "--no-such-option").exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"activation_function": "relu"}, "activation_function='relu'"),
+        ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon"),
+        ({"model_type": "llama"}, "not a GPT-2 checkpoint"),
+        (None, "lacks model.safetensors"),
+        ("truncate", "cannot load the checkpoint"),
+    ],
+)
+def test_checkpoints_keras_hub_cannot_compute_exactly_are_refused(gpt2reg, fixture_dir, tmp_path, change, message):
+    import json
+    import shutil
+
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(fixture_dir, folder)
+    for file in folder.iterdir():
+        file.chmod(0o644)
+    config = json.loads((folder / "config.json").read_text())
+    if change is None:
+        (folder / "model.safetensors").unlink()
+    elif change == "truncate":
+        weights = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    else:
+        config.update(change)
+    (folder / "config.json").write_text(json.dumps(config))
+    home = tmp_path / "home"
+    result = gpt2reg("import", "bad", folder, "--home", home)
+    assert result.exit_code == 2, result
+    assert message in result.stderr
+    assert not (home / "lineage.db").exists()

@@ -125,3 +125,27 @@ def test_help_does_not_import_tensorflow_or_mlflow():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY:\n" in done.stdout or done.stdout.strip().endswith("HEAVY:"), done.stdout[-500:]
+
+
+def test_a_plugin_can_add_a_command(fresh_plugins, gpt2reg):
+    import click
+
+    from registry import hookimpl
+    from registry.cli import cli
+
+    class Plugin:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command("hello-plugin")
+            def hello():
+                """Say hello from a plugin."""
+                click.echo("hello from a plugin")
+
+    plugin = Plugin()
+    plugins.load_plugins().register(plugin)
+    try:
+        assert "hello-plugin" in gpt2reg("--help").stdout
+        assert gpt2reg("hello-plugin").stdout.strip() == "hello from a plugin"
+    finally:
+        plugins.load_plugins().unregister(plugin)
+        cli.commands.pop("hello-plugin", None)
