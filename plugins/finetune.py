@@ -58,12 +58,13 @@ class Finetune(Capability):
             raise UsageError(f"--seq-len {seq_len} is longer than the model's context of {context_length}")
         blocks = pack_blocks(tokenize_documents(read_texts(data, text_field=text_field)), seq_len + 1, END_OF_TEXT_ID)
         if val_data:
-            val_blocks = pack_blocks(tokenize_documents(read_texts(val_data, text_field=text_field)), seq_len + 1, END_OF_TEXT_ID)
+            # Whole documents, scored as `evaluate` scores them, so the figures compare.
+            validation = tokenize_documents(read_texts(val_data, text_field=text_field))
         elif val_split > 0 and len(blocks) >= 2:
             held_out = max(1, int(round(len(blocks) * val_split)))
-            blocks, val_blocks = blocks[:-held_out], blocks[-held_out:]
+            blocks, validation = blocks[:-held_out], [list(b) for b in blocks[-held_out:]]
         else:
-            val_blocks = None
+            validation = None
         if steps is None:
             steps = max(1, math.ceil((epochs or 1.0) * len(blocks) / batch_size))
         warmup_steps = steps // 10 if warmup_steps is None else warmup_steps
@@ -72,7 +73,6 @@ class Finetune(Capability):
 
         with context.strategy().scope():
             lm = context.load_model()
-            validation = [list(b) for b in val_blocks] if val_blocks is not None else None
             parent_metrics = {"perplexity": scoring.score(lm, validation).perplexity} if validation else {}
             history: dict[str, list[tuple[int, float]]] = {"train_loss": [], "learning_rate": [], "tokens_per_second": []}
 
@@ -109,7 +109,7 @@ class Finetune(Capability):
             settings={
                 "data": list(data), "val_data": list(val_data or []), "val_split": val_split, "steps": steps,
                 "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "warmup_steps": warmup_steps, "seed": seed,
-                "train_blocks": int(len(blocks)), "val_blocks": int(len(val_blocks)) if val_blocks is not None else 0,
+                "train_blocks": int(len(blocks)), "validation": "val_data" if val_data else ("split" if validation else "none"),
                 "device": context.device,
             },
         )

@@ -221,7 +221,7 @@ def show(ref):
 @common
 def lineage(ref):
     """Print the family tree of REF: ancestors and descendants with their metrics."""
-    graph = open_registry().lineage_graph(ref)
+    graph = open_registry().lineage(ref)
     emit(graph, lambda: console().print(lineage_tree(graph)))
 
 

@@ -17,7 +17,7 @@ def run_doctor(reg, *, repair: bool = False) -> dict:
     problems: list[dict] = []
     if not reg.home.exists():
         return {"home": str(reg.home.path), "variants_checked": 0, "problems": [], "repaired": repair}
-    tracker, lineage = reg.tracker, reg.lineage
+    tracker, lineage = reg.tracker, reg.lineage_store
     rows = {(row.name, row.version): row for row in lineage.list()}
     versions = {(v.name, int(v.version)): v for v in tracker.versions()}
 

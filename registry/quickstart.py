@@ -40,7 +40,7 @@ def run_quickstart(reg, *, name: str = "quickstart", steps: int | None = None,
     say(f"    {tuned.ref}: held-out perplexity {tuned.metrics['perplexity']:,.1f}")
 
     say("3/3 lineage")
-    graph = reg.lineage_graph(tuned)
+    graph = reg.lineage(tuned)
     if show_tree:
         from registry.cli import console, lineage_tree
 

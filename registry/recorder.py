@@ -149,7 +149,7 @@ class Recorder:
         nodes: dict[str, dict] = {}
         edges: list[dict] = []
         for parent, _ in parents:
-            family = self.registry.lineage_graph(parent)
+            family = self.registry.lineage(parent)
             nodes.update({node["ref"]: node for node in family["nodes"]})
             edges.extend(e for e in family["edges"] if e not in edges)
         nodes[new_ref] = {"ref": new_ref, "operation": operation, "metrics": metrics}

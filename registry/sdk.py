@@ -95,7 +95,7 @@ class Registry:
     # ------------------------------------------------------------ stores
 
     @property
-    def lineage(self):
+    def lineage_store(self):
         if self._lineage is None:
             from registry.lineage import LineageStore
 
@@ -115,7 +115,7 @@ class Registry:
     def init(self) -> "Registry":
         """Create the home and both stores (idempotent)."""
         self.home.create()
-        self.lineage  # noqa: B018 - opening runs the migrations
+        self.lineage_store  # noqa: B018 - opening runs the migrations
         self.tracker.experiment_id  # noqa: B018 - creates the experiment and MLflow's tables
         return self
 
@@ -131,7 +131,7 @@ class Registry:
     # ------------------------------------------------------------ reading
 
     def _variant(self, row: LineageVariant) -> Variant:
-        parents = tuple(edge.parent_ref for edge in self.lineage.parents(row.name, row.version))
+        parents = tuple(edge.parent_ref for edge in self.lineage_store.parents(row.name, row.version))
         return Variant(
             name=row.name, version=row.version, kind=row.kind, operation=row.operation, parents=parents,
             parameters=row.parameters, size_bytes=row.size_bytes, content_hash=row.content_hash,
@@ -148,11 +148,11 @@ class Registry:
             raise NotFoundError(f"no variant {reference}: the registry at {self.home.path} is empty; see `gpt2reg list`")
         if ref.alias is not None:
             version = self.tracker.resolve_alias(ref.name, ref.alias)
-            row = self.lineage.get(ref.name, version)
+            row = self.lineage_store.get(ref.name, version)
         elif ref.version is not None:
-            row = self.lineage.get(ref.name, ref.version)
+            row = self.lineage_store.get(ref.name, ref.version)
         else:
-            row = self.lineage.latest(ref.name)
+            row = self.lineage_store.latest(ref.name)
         if row is None:
             raise NotFoundError(f"no variant {reference} in {self.home.path}; see `gpt2reg list`")
         return self._variant(row)
@@ -160,7 +160,7 @@ class Registry:
     def list(self, name: str | None = None) -> list[Variant]:
         if not self.home.exists():
             return []
-        return [self._variant(row) for row in self.lineage.list(name)]
+        return [self._variant(row) for row in self.lineage_store.list(name)]
 
     def aliases(self, variant: "str | Variant") -> list[str]:
         variant = self.get(variant)
@@ -201,9 +201,9 @@ class Registry:
             )
         return keras_gpt2.load(path)
 
-    def lineage_graph(self, variant: "str | Variant") -> dict[str, Any]:
+    def lineage(self, variant: "str | Variant") -> dict[str, Any]:
         variant = self.get(variant)
-        rows, edges = self.lineage.graph(variant.name, variant.version)
+        rows, edges = self.lineage_store.graph(variant.name, variant.version)
         return {
             "root": variant.ref,
             "nodes": [self._variant(row).to_dict() for row in rows],
@@ -214,8 +214,7 @@ class Registry:
             ],
         }
 
-    lineage_of = lineage_graph
-
+    
     def search(self, metric: str = "perplexity", *, max_size_mb: float | None = None,
                max_parameters: int | None = None, higher_is_better: bool = False) -> Variant | None:
         """The best variant by `metric` under the size constraints, or None."""
@@ -325,7 +324,7 @@ class Registry:
             self.tracker.log_metrics(variant.run_id, metrics)
             if data_digest:
                 self.tracker.set_run_tag(variant.run_id, "gpt2reg.eval_data", data_digest)
-        self.lineage.update_metrics(variant.name, variant.version, metrics)
+        self.lineage_store.update_metrics(variant.name, variant.version, metrics)
         return self.get(variant.ref)
 
     def _progress(self, **fields) -> None:

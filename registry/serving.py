@@ -24,20 +24,12 @@ GENERATION_PARAMS = {
     "seed": ("long", 0),
 }
 
-try:
-    import warnings
+import warnings
 
-    import mlflow.pyfunc
-
-    # Prompts and params are checked in predict(); MLflow's type-hint validation would add nothing.
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
-
-    _PythonModel = mlflow.pyfunc.PythonModel
-except ImportError:  # pragma: no cover - mlflow is a dependency
-    _PythonModel = object
+import mlflow.pyfunc
 
 
-class GPT2PyFunc(_PythonModel):
+class _GPT2PyFunc:
     """Generates text for a list of prompts (or a DataFrame with a `prompt` column)."""
 
     def load_context(self, context):
@@ -63,6 +55,15 @@ class GPT2PyFunc(_PythonModel):
             seed=int(settings["seed"]),
         )
         return [decode(r.token_ids) for r in results]
+
+
+with warnings.catch_warnings():
+    # Prompts and params are checked in predict(); MLflow's advice to add type hints
+    # (printed when the class is made) would only add noise.
+    warnings.simplefilter("ignore", UserWarning)
+
+    class GPT2PyFunc(_GPT2PyFunc, mlflow.pyfunc.PythonModel):
+        __doc__ = _GPT2PyFunc.__doc__
 
 
 def _prompts(model_input) -> list[str]:

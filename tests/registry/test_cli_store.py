@@ -89,8 +89,8 @@ def test_doctor_finds_and_repairs_a_half_made_variant(gpt2reg, tmp_path, fixture
     home = tmp_path / "home"
     reg = _fresh_import(home, fixture_dir)
     # A registration that died after MLflow registered the version but before the lineage commit.
-    row = reg.lineage.get("fx", 1)
-    reg.lineage.delete_variant("fx", 1)
+    row = reg.lineage_store.get("fx", 1)
+    reg.lineage_store.delete_variant("fx", 1)
     reg.close()
     found = gpt2reg("doctor", "--json", "--home", home)
     assert found.exit_code == 1

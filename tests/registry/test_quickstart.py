@@ -1,5 +1,7 @@
 """The main job, shortened: every step registered, perplexity at least halved."""
 
+import pytest
+
 
 def test_quickstart_registers_every_step_and_halves_perplexity(gpt2reg, tmp_path):
     home = tmp_path / "home"
@@ -9,7 +11,11 @@ def test_quickstart_registers_every_step_and_halves_perplexity(gpt2reg, tmp_path
     base, tuned = summary["variants"]
     assert base["operation"] == "create" and tuned["operation"] == "finetune" and tuned["parents"] == [base["ref"]]
     assert tuned["metrics"]["perplexity"] < 0.5 * base["metrics"]["perplexity"]
-    assert [e["operation"] for e in summary["lineage"]["edges"]] == ["finetune"]
+    (edge,) = summary["lineage"]["edges"]
+    assert edge["operation"] == "finetune"
+    # Parent and child were measured the same way on the same held-out text.
+    assert edge["metric_deltas"]["perplexity"] == pytest.approx(
+        tuned["metrics"]["perplexity"] - base["metrics"]["perplexity"], rel=1e-6)
 
     human = gpt2reg("lineage", tuned["ref"], "--home", home)
     assert base["ref"] in human.stdout and "perplexity" in human.stdout

@@ -16,7 +16,7 @@ def test_get_load_lineage_and_search(family_home):
     # KerasHub's own generate works on the loaded model (its context fits the preprocessor).
     assert isinstance(lm.generate("Hello", max_length=12), str)
 
-    graph = reg.lineage_graph("base/1")
+    graph = reg.lineage("base/1")
     assert [edge["child"] for edge in graph["edges"]] == ["base-finetune/1"]
 
     best = reg.search(metric="perplexity", max_size_mb=50)
