@@ -60,7 +60,7 @@ class Recorder:
         from backends.configs import parameter_count
 
         tracker = self.registry.tracker
-        lineage = self.registry.lineage
+        lineage = self.registry.lineage_store
         preset_dir = Path(result.preset_dir)
         config = read_backbone_config(preset_dir)
         parameters = int(result.metrics.get("parameters") or parameter_count(config))

@@ -120,7 +120,8 @@ class Registry:
         return self
 
     def _require_home(self) -> None:
-        if not self.home.exists() and not (self.home.path / ".staging").exists():
+        # Reading never creates a store: only init() (and commands that make variants) do.
+        if self.home.is_local and not self.home.path.is_dir():
             raise UsageError(f"no registry at {self.home.path}; run `gpt2reg init` (or pass --home)")
 
     def close(self) -> None:

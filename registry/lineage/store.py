@@ -162,7 +162,7 @@ class LineageStore:
         self,
         *,
         name: str,
-        version: int,
+        version: int | None,
         kind: str,
         operation: str,
         config: Mapping[str, Any],
@@ -175,42 +175,11 @@ class LineageStore:
         tags: Mapping[str, str],
         parents: Sequence[Parent] = (),
     ) -> LineageVariant:
-        """Register NAME/VERSION and one edge per parent, all or nothing."""
-        fields = _variant_fields(
-            kind=kind,
-            operation=operation,
-            config=config,
-            parameters=parameters,
-            size_bytes=size_bytes,
-            content_hash=content_hash,
-            run_id=run_id,
-            artifact_uri=artifact_uri,
-            metrics=metrics,
-            tags=tags,
-        )
-        _check_name(name)
-        _check_version(version)
-        edges = _edge_fields(parents)
-        with self.session_scope(write=True) as session:
-            return _insert(session, name, version, fields, edges)
+        """Register NAME/VERSION and one edge per parent, all or nothing.
 
-    def add_next_version(
-        self,
-        name: str,
-        *,
-        kind: str,
-        operation: str,
-        config: Mapping[str, Any],
-        parameters: int,
-        size_bytes: int,
-        content_hash: str,
-        run_id: str | None,
-        artifact_uri: str | None,
-        metrics: Mapping[str, float],
-        tags: Mapping[str, str],
-        parents: Sequence[Parent] = (),
-    ) -> LineageVariant:
-        """Register NAME at max(version) + 1, read and insert in one write transaction."""
+        ``version=None`` takes max(version) + 1, read and inserted in the same
+        write transaction so that concurrent writers never pick the same number.
+        """
         fields = _variant_fields(
             kind=kind,
             operation=operation,
@@ -224,16 +193,20 @@ class LineageStore:
             tags=tags,
         )
         _check_name(name)
+        if version is not None:
+            _check_version(version)
         edges = _edge_fields(parents)
         with self.session_scope(write=True) as session:
-            # SQLite already serializes on BEGIN IMMEDIATE; Postgres needs a
-            # lock of its own or two writers would both pick the same max.
-            if session.get_bind().dialect.name == "postgresql":
-                session.execute(
-                    select(func.pg_advisory_xact_lock(func.hashtext(f"gpt2-registry:{name}")))
-                )
-            current = session.scalar(select(func.max(Variant.version)).where(Variant.name == name))
-            return _insert(session, name, (current or 0) + 1, fields, edges)
+            if version is None:
+                # SQLite already serializes on BEGIN IMMEDIATE; Postgres needs a
+                # lock of its own or two writers would both pick the same max.
+                if session.get_bind().dialect.name == "postgresql":
+                    session.execute(
+                        select(func.pg_advisory_xact_lock(func.hashtext(f"gpt2-registry:{name}")))
+                    )
+                current = session.scalar(select(func.max(Variant.version)).where(Variant.name == name))
+                version = (current or 0) + 1
+            return _insert(session, name, version, fields, edges)
 
     def update_metrics(self, name: str, version: int, metrics: Mapping[str, float]) -> LineageVariant:
         """Merge `metrics` into the variant's metrics; returns the updated variant."""

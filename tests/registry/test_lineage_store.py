@@ -257,11 +257,11 @@ def test_bad_input_is_a_usage_error(store, bad):
     assert store.list() == []
 
 
-def test_add_next_version(store):
-    assert store.add_next_version("gpt2", **fields()).version == 1
-    assert store.add_next_version("gpt2", **fields()).version == 2
-    tuned = store.add_next_version(
-        "gpt2-ft", **fields(operation="finetune"), parents=[("gpt2/2", "parent", {}, {})]
+def test_add_variant_without_a_version_takes_the_next(store):
+    assert store.add_variant(name="gpt2", version=None, **fields()).version == 1
+    assert store.add_variant(name="gpt2", version=None, **fields()).version == 2
+    tuned = store.add_variant(
+        name="gpt2-ft", version=None, **fields(operation="finetune"), parents=[("gpt2/2", "parent", {}, {})]
     )
     assert tuned.ref == "gpt2-ft/1"
     assert store.parents("gpt2-ft", 1)[0].parent_ref == "gpt2/2"
@@ -374,7 +374,7 @@ def _append_versions(url, barrier, count):
     with LineageStore(url) as store:
         barrier.wait()
         for _ in range(count):
-            store.add_next_version("gpt2", **fields())
+            store.add_variant(name="gpt2", version=None, **fields())
 
 
 def _open_store(url, barrier):
