@@ -4,8 +4,6 @@ import json
 
 import pytest
 
-from tests.conftest import store_snapshot
-
 
 def test_create_gpt2_reports_the_published_parameter_count(gpt2reg, tmp_path):
     result = gpt2reg("create", "base", "--config", "gpt2", "--json", "--home", tmp_path / "home")
