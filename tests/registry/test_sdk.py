@@ -29,7 +29,8 @@ def test_get_load_lineage_and_search(family_home):
 def test_run_finetune_returns_a_new_variant_and_evaluate_returns_figures(family_home, text_file):
     reg = Registry(family_home)
     parent = reg.get("base-finetune")
-    child = reg.run("finetune", parent, name="sdk-child", data=[str(text_file)], steps=2, batch_size=2, seq_len=16)
+    child = reg.run("finetune", parent, name="sdk-child", device="cpu", data=[str(text_file)], steps=2,
+                    batch_size=2, seq_len=16)
     assert child.ref == "sdk-child/1" and child.parents == ("base-finetune/1",)
     assert child.content_hash != parent.content_hash
     figures = reg.run("evaluate", child, data=[str(text_file)])
@@ -46,3 +47,15 @@ def test_sampling_is_reproducible_with_a_seed(imported_home):
     other = reg.run("generate", "fx", prompts=["Hello there"], sampler="top_k", top_k=20, seed=8, max_new_tokens=8)
     assert first.output["outputs"][0]["token_ids"] == second.output["outputs"][0]["token_ids"]
     assert first.output["outputs"][0]["token_ids"] != other.output["outputs"][0]["token_ids"]
+
+
+def test_a_keras_hub_preset_folder_imports_with_the_same_weights(imported_home, tmp_path):
+    import numpy as np
+
+    reg = Registry(tmp_path / "home")
+    source = Registry(imported_home)
+    copy = reg.import_("again", str(source.preset_path("fx")))
+    assert copy.operation == "import" and copy.parameters == source.get("fx").parameters
+    ids = np.array([[464, 2068, 7586, 21831]])
+    inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    np.testing.assert_allclose(np.asarray(copy.load()(inputs)), np.asarray(source.get("fx").load()(inputs)), atol=1e-6)
