@@ -109,3 +109,9 @@ def test_damaged_weights_are_detected_before_loading(tmp_path, fixture_dir):
     weights.write_bytes(bytes(data))
     with pytest.raises(RegistryError, match="do not match their recorded hash"):
         reg.get("fx").load()
+
+
+def test_home_comes_from_the_environment_when_not_given(gpt2reg, family_home, monkeypatch):
+    monkeypatch.setenv("GPT2REG_HOME", str(family_home))
+    refs = [v["ref"] for v in gpt2reg("list", "--json").json()["variants"]]
+    assert {"base/1", "base-finetune/1"} <= set(refs)
