@@ -18,6 +18,13 @@ BACKBONE_CONFIG_KEYS = (
     "max_sequence_length",
 )
 
+# LoRA target sets, by the names of KerasHub's GPT-2 layers.
+LORA_TARGETS = {
+    "query,value": ("query", "value"),
+    "attention": ("query", "key", "value", "attention_output"),
+    "all": ("query", "key", "value", "attention_output", "feedforward_intermediate_dense", "feedforward_output_dense"),
+}
+
 
 def _shape(num_layers: int, hidden_dim: int, num_heads: int, max_sequence_length: int = 1024) -> dict:
     return {

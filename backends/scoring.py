@@ -56,9 +56,18 @@ def windows(token_ids: list[int], context: int, stride: int) -> list[tuple[list[
     return spans
 
 
+_COMPILED = "_gpt2reg_token_nll"
+
+
+def forget_compiled(lm) -> None:
+    """Drop the compiled scoring function after changing the model's layers (it would read the old ones)."""
+    if hasattr(lm, _COMPILED):
+        delattr(lm, _COMPILED)
+
+
 def _token_nll_function(lm):
     # One compiled function per model; shapes vary so let tf.function relax them.
-    cached = getattr(lm, "_gpt2reg_token_nll", None)
+    cached = getattr(lm, _COMPILED, None)
     if cached is not None:
         return cached
 
@@ -71,7 +80,7 @@ def _token_nll_function(lm):
     import tensorflow as tf
 
     compiled = tf.function(token_nll, reduce_retracing=True)
-    lm._gpt2reg_token_nll = compiled
+    setattr(lm, _COMPILED, compiled)
     return compiled
 
 

@@ -47,8 +47,18 @@ class Finetune(Capability):
             if not 0 <= self.val_split < 1:
                 raise UsageError(f"--val-split must be in [0, 1) (got {self.val_split})")
 
+    # Subclasses (LoRA) change what is trained and what is saved; the loop stays the same.
+    def adapt(self, lm, options: dict) -> dict:
+        """Prepare `lm` for training; returns figures to record (none for full fine-tuning)."""
+        return {}
+
+    def save(self, lm, folder):
+        from backends import keras_gpt2
+
+        keras_gpt2.save(lm, folder)
+
     def run(self, context, *, data, val_data, val_split, steps, epochs, batch_size, seq_len, lr,
-            warmup_steps, seed, text_field):
+            warmup_steps, seed, text_field, **extra):
         from backends.configs import END_OF_TEXT_ID
         from registry.data import pack_blocks, read_texts, tokenize_documents
 
@@ -74,6 +84,7 @@ class Finetune(Capability):
         with context.strategy().scope():
             lm = context.load_model()
             parent_metrics = {"perplexity": scoring.score(lm, validation).perplexity} if validation else {}
+            adapted = self.adapt(lm, extra)
             history: dict[str, list[tuple[int, float]]] = {"train_loss": [], "learning_rate": [], "tokens_per_second": []}
 
             def on_step(step, loss, tokens_per_second, learning_rate):
@@ -94,13 +105,12 @@ class Finetune(Capability):
             "train_tokens": report.tokens,
             "train_seconds": report.seconds,
             "tokens_per_second": report.tokens_per_second,
+            **adapted,
         }
         if validation:
             metrics["perplexity"] = scoring.score(lm, validation).perplexity
         preset = context.workdir / "preset"
-        from backends import keras_gpt2
-
-        keras_gpt2.save(lm, preset)
+        self.save(lm, preset)
         return CapabilityResult(
             preset_dir=preset,
             metrics=metrics,
@@ -110,7 +120,7 @@ class Finetune(Capability):
                 "data": list(data), "val_data": list(val_data or []), "val_split": val_split, "steps": steps,
                 "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "warmup_steps": warmup_steps, "seed": seed,
                 "train_blocks": int(len(blocks)), "validation": "val_data" if val_data else ("split" if validation else "none"),
-                "device": context.device,
+                "device": context.device, **extra,
             },
         )
 

@@ -15,6 +15,12 @@ MANIFEST = "gpt2reg.json"
 MODEL_ARTIFACT = "model"  # the MLflow pyfunc model inside a variant's run
 # Where the KerasHub preset sits inside a run's artifacts (the pyfunc model's own artifact).
 PRESET_PATH = f"{MODEL_ARTIFACT}/artifacts/preset"
+ADAPTER_PATH = "adapter"  # an adapter variant's files (no pyfunc model: serve its merged variant)
+
+
+def weights_path(kind: str) -> str:
+    """Where a variant's loadable files sit inside its run's artifacts."""
+    return ADAPTER_PATH if kind == "adapter" else PRESET_PATH
 
 
 def weight_files(folder: str | os.PathLike) -> list[Path]:

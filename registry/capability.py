@@ -68,6 +68,12 @@ class RunContext:
             raise UsageError("this capability needs a model reference")
         return self.variant.load()
 
+    def load_parent_model(self):
+        """The variant's own parent (an adapter's base) as a plain ``GPT2CausalLM``."""
+        if self.variant is None or self.variant.parent is None:
+            raise UsageError("this capability needs a variant with a parent")
+        return self.variant._registry.load(self.variant.parent)
+
     def strategy(self):
         """The ``tf.distribute`` strategy the ``select_strategy`` hook picks for ``device``."""
         from registry.plugins import load_plugins
@@ -88,6 +94,7 @@ class Capability(ABC):
 
     name: ClassVar[str]
     operation: ClassVar[str | None] = None  # lineage operation when it makes a variant
+    variant_kind: ClassVar[str] = "full"  # "full" (a whole model) or "adapter" (weights over a base)
     needs_model: ClassVar[bool] = True
 
     @dataclass

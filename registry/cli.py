@@ -359,6 +359,45 @@ def finetune(ref, data, val_data, val_split, steps, epochs, batch_size, seq_len,
 @cli.command()
 @click.argument("ref")
 @click.option("--data", multiple=True, required=True, help="Text file, folder or JSONL (repeatable).")
+@click.option("--rank", type=int, default=8, show_default=True, help="Rank of the LoRA factors.")
+@click.option("--alpha", type=float, default=None, help="LoRA scale numerator (default: 2 × rank).")
+@click.option("--targets", default="query,value", show_default=True, help="query,value | attention | all")
+@click.option("--val-data", multiple=True, help="Held-out text (default: the last --val-split of --data).")
+@click.option("--val-split", type=float, default=0.1, show_default=True)
+@click.option("--steps", type=int, default=None, help="Optimiser steps (default: one epoch).")
+@click.option("--epochs", type=float, default=None)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--seq-len", type=int, default=None, help="Tokens per block (default: context, at most 128).")
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--warmup-steps", type=int, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | gpu | multi-gpu | multiworker | tpu")
+@click.option("--name", default=None, help="Registered model for the adapter (default: PARENT-lora).")
+@common
+def lora(ref, data, rank, alpha, targets, val_data, val_split, steps, epochs, batch_size, seq_len, lr, warmup_steps,
+         seed, text_field, device, name):
+    """Train a LoRA adapter on REF (frozen); registers an adapter variant pinned to REF."""
+    variant = open_registry(progress=True).run(
+        "lora", ref, name=name, device=device, data=list(data), rank=rank, alpha=alpha, targets=targets,
+        val_data=list(val_data) or None, val_split=val_split, steps=steps, epochs=epochs, batch_size=batch_size,
+        seq_len=seq_len, lr=lr, warmup_steps=warmup_steps, seed=seed, text_field=text_field,
+    )
+    _emit_variant(variant)
+
+
+@cli.command()
+@click.argument("adapter_ref")
+@click.option("--name", default=None, help="Registered model for the result (default: ADAPTER-merge).")
+@common
+def merge(adapter_ref, name):
+    """Fold the LoRA adapter ADAPTER_REF into its base: a full variant with the same outputs."""
+    _emit_variant(open_registry(progress=True).run("merge", adapter_ref, name=name))
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--data", multiple=True, required=True, help="Text file, folder or JSONL (repeatable).")
 @click.option("--stride", type=int, default=None, help="Sliding-window stride for long texts (default: half the context).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--text-field", default="text", show_default=True)

@@ -22,6 +22,8 @@ DEFAULT_PLUGINS = (
     "plugins.tokenize",
     "plugins.generate",
     "plugins.finetune",
+    "plugins.lora",
+    "plugins.merge",
     "plugins.evaluate",
     "plugins.devices",
 )

@@ -23,7 +23,7 @@ from registry.tracking import TAG_PREFIX
 if TYPE_CHECKING:
     from registry.sdk import Registry, Variant
 
-from registry.artifacts import MANIFEST, MODEL_ARTIFACT
+from registry.artifacts import ADAPTER_PATH, MANIFEST, MODEL_ARTIFACT
 
 
 def read_backbone_config(preset_dir: Path) -> dict:
@@ -62,7 +62,9 @@ class Recorder:
         tracker = self.registry.tracker
         lineage = self.registry.lineage_store
         preset_dir = Path(result.preset_dir)
-        config = read_backbone_config(preset_dir)
+        adapter = kind == "adapter"
+        # An adapter has no model config of its own: it is its base's shape plus the factors.
+        config = dict(parents[0][0].config) if adapter else read_backbone_config(preset_dir)
         parameters = int(result.metrics.get("parameters") or parameter_count(config))
         content_hash = artifacts.content_hash(preset_dir)
         manifest = {
@@ -75,8 +77,11 @@ class Recorder:
             "created": datetime.now(timezone.utc).isoformat(),
         }
         (preset_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-        model_dir = staging / MODEL_ARTIFACT
-        serving.save_pyfunc(preset_dir, model_dir)
+        if adapter:
+            model_dir, artifact_path = preset_dir, ADAPTER_PATH
+        else:
+            model_dir, artifact_path = staging / MODEL_ARTIFACT, MODEL_ARTIFACT
+            serving.save_pyfunc(preset_dir, model_dir)
         artifacts.fsync_tree(model_dir)
         size_bytes = artifacts.folder_size(preset_dir)
 
@@ -84,6 +89,7 @@ class Recorder:
         metrics.update(parameters=float(parameters), size_bytes=float(size_bytes))
         parent_refs = ",".join(p.ref for p, _ in parents)
         tags = {
+            **({f"{TAG_PREFIX}base_content_hash": parents[0][0].content_hash} if adapter else {}),
             f"{TAG_PREFIX}operation": operation,
             f"{TAG_PREFIX}kind": kind,
             f"{TAG_PREFIX}parent": parent_refs,
@@ -96,11 +102,11 @@ class Recorder:
         try:
             tracker.log_params(run_id, {"operation": operation, **result.settings})
             tracker.log_metrics(run_id, metrics, result.history)
-            tracker.log_artifacts(run_id, model_dir, MODEL_ARTIFACT)
+            tracker.log_artifacts(run_id, model_dir, artifact_path)
             tracker.log_artifact(run_id, preset_dir / MANIFEST)
             model_version = tracker.register(
                 name,
-                source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT}",
+                source=f"{run.info.artifact_uri}/{artifact_path}",
                 run_id=run_id,
                 tags=tags,
                 description=_description(operation, parents, metrics),
@@ -131,7 +137,7 @@ class Recorder:
                 run_id=run_id,
                 artifact_uri=run.info.artifact_uri,
                 metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
-                tags={"operation": operation},
+                tags={"operation": operation, **({"base_content_hash": parents[0][0].content_hash} if adapter else {})},
                 parents=edges,
             )
         except BaseException:

@@ -174,23 +174,29 @@ class Registry:
 
     def preset_path(self, variant: "str | Variant") -> Path:
         """The variant's KerasHub preset folder (downloaded first from a remote store)."""
-        from registry.artifacts import PRESET_PATH
+        from registry.artifacts import MANIFEST, weights_path
         from registry.tracking import local_path
 
         variant = self.get(variant)
+        inside = weights_path(variant.kind)
         local = local_path(variant.artifact_uri or "")
         if local is not None:
-            path = local / PRESET_PATH
+            path = local / inside
         else:
             cache = self.home.path / "cache" / variant.content_hash
-            path = cache / Path(PRESET_PATH).name
+            path = cache / Path(inside).name
             if not path.exists():
-                self.tracker.download(f"{variant.artifact_uri}/{PRESET_PATH}", cache)
-        if not (path / "config.json").exists():
+                self.tracker.download(f"{variant.artifact_uri}/{inside}", cache)
+        if not (path / MANIFEST).exists():
             raise RegistryError(f"the files of {variant.ref} are missing from {path}; run `gpt2reg doctor`")
         return path
 
-    def load(self, variant: "str | Variant"):
+    def load(self, variant: "str | Variant", *, base: "str | Variant | None" = None):
+        """The variant as a KerasHub `GPT2CausalLM`; an adapter is loaded onto its base.
+
+        An adapter is pinned to its base's content hash: `base=` may name another
+        variant only when it holds exactly the same weights.
+        """
         from backends import keras_gpt2
         from registry import artifacts
 
@@ -200,7 +206,20 @@ class Registry:
             raise RegistryError(
                 f"the weights of {variant.ref} do not match their recorded hash (damaged files); run `gpt2reg doctor`"
             )
-        return keras_gpt2.load(path)
+        if variant.kind != "adapter":
+            return keras_gpt2.load(path)
+        from backends import lora
+
+        base_variant = self.get(base or variant.parent)
+        pinned = variant.tags.get("base_content_hash")
+        if base_variant.content_hash != pinned:
+            raise UsageError(
+                f"adapter {variant.ref} is pinned to base weights {pinned[:12]}, but {base_variant.ref} holds "
+                f"{base_variant.content_hash[:12]}; load it on {variant.parent}"
+            )
+        lm = self.load(base_variant)
+        lora.load_adapter(lm, path)
+        return lm
 
     def lineage(self, variant: "str | Variant") -> dict[str, Any]:
         variant = self.get(variant)
@@ -240,10 +259,12 @@ class Registry:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _record(self, *, name: str, operation: str, parents: list, result: CapabilityResult, staging: Path) -> Variant:
+    def _record(self, *, name: str, operation: str, parents: list, result: CapabilityResult, staging: Path,
+                kind: str = "full") -> Variant:
         from registry.recorder import Recorder
 
-        return Recorder(self).record(name=name, operation=operation, parents=parents, result=result, staging=staging)
+        return Recorder(self).record(name=name, operation=operation, parents=parents, result=result,
+                                     staging=staging, kind=kind)
 
     def create(self, name: str, *, config: str = "tiny", seed: int = 0) -> Variant:
         """A new randomly initialised GPT-2 of a named configuration."""
@@ -306,7 +327,7 @@ class Registry:
                     context = RunContext(variant=parent, workdir=staging, progress=self._progress, device=device)
                     result = cap.run(context, **checked)
                     new = self._record(name=name, operation=cap.operation, parents=[(parent, "parent")],
-                                       result=result, staging=staging)
+                                       result=result, staging=staging, kind=cap.variant_kind)
             else:
                 with tempfile.TemporaryDirectory(prefix="gpt2reg-") as scratch:
                     context = RunContext(variant=parent, workdir=Path(scratch), progress=self._progress, device=device)

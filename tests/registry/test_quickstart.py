@@ -8,11 +8,15 @@ def test_quickstart_registers_every_step_and_halves_perplexity(gpt2reg, tmp_path
     result = gpt2reg("quickstart", "--steps", 40, "--json", "--home", home)
     assert result.exit_code == 0, result
     summary = result.json()
-    base, tuned = summary["variants"]
+    base, tuned, adapter, merged = summary["variants"]
     assert base["operation"] == "create" and tuned["operation"] == "finetune" and tuned["parents"] == [base["ref"]]
+    assert adapter["kind"] == "adapter" and adapter["parents"] == [tuned["ref"]]
+    assert merged["operation"] == "merge" and merged["parents"] == [adapter["ref"]]
     assert tuned["metrics"]["perplexity"] < 0.5 * base["metrics"]["perplexity"]
-    (edge,) = summary["lineage"]["edges"]
-    assert edge["operation"] == "finetune"
+    # The merged model scores what the adapter on its base scored, on the same text.
+    assert merged["metrics"]["perplexity"] == pytest.approx(adapter["metrics"]["perplexity"], rel=1e-4)
+    edge = summary["lineage"]["edges"][0]
+    assert [e["operation"] for e in summary["lineage"]["edges"]] == ["finetune", "lora", "merge"]
     # Parent and child were measured the same way on the same held-out text.
     assert edge["metric_deltas"]["perplexity"] == pytest.approx(
         tuned["metrics"]["perplexity"] - base["metrics"]["perplexity"], rel=1e-6)

@@ -1,0 +1,50 @@
+"""`merge`: fold a LoRA adapter into its base, making a full variant.
+
+The merged weights are base + (alpha / rank) · A·B for every adapted layer, so
+the merged model's logits equal base + adapter's; the largest difference on a
+probe batch is measured and recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from registry import Capability, CapabilityResult, hookimpl
+from registry.errors import UsageError
+
+PROBE_TOKENS = [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13]  # "The quick brown fox jumps over the lazy dog."
+
+
+class Merge(Capability):
+    name = "merge"
+    operation = "merge"
+
+    @dataclass
+    class Options:
+        pass
+
+    def run(self, context):
+        if context.variant.kind != "adapter":
+            raise UsageError(f"{context.variant.ref} is not an adapter; merge takes a variant made by `gpt2reg lora`")
+        from backends import keras_gpt2, lora
+
+        adapted = context.load_model()
+        merged = context.load_parent_model()
+        lora.merge_into(adapted, merged)
+        ids = np.array([PROBE_TOKENS])
+        inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+        difference = float(np.max(np.abs(np.asarray(adapted(inputs)) - np.asarray(merged(inputs)))))
+        preset = context.workdir / "preset"
+        keras_gpt2.save(merged, preset)
+        return CapabilityResult(
+            preset_dir=preset,
+            metrics={"merge_max_abs_logit_diff": difference, "parameters": keras_gpt2.parameter_count(merged)},
+            settings={"adapter": context.variant.ref, "base": context.variant.parent, **adapted._gpt2reg_lora},
+        )
+
+
+@hookimpl
+def register_capabilities(register):
+    register(Merge)
