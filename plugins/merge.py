@@ -7,8 +7,6 @@ probe batch is measured and recorded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from registry import Capability, CapabilityResult, hookimpl
@@ -20,10 +18,6 @@ PROBE_TOKENS = [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13]  # "Th
 class Merge(Capability):
     name = "merge"
     operation = "merge"
-
-    @dataclass
-    class Options:
-        pass
 
     def run(self, context):
         if context.variant.kind != "adapter":

@@ -14,7 +14,8 @@ WEIGHT_SUFFIXES = (".h5", ".safetensors")
 MANIFEST = "gpt2reg.json"
 MODEL_ARTIFACT = "model"  # the MLflow pyfunc model inside a variant's run
 # Where the KerasHub preset sits inside a run's artifacts (the pyfunc model's own artifact).
-PRESET_PATH = f"{MODEL_ARTIFACT}/artifacts/preset"
+PRESET_ARTIFACT = "preset"  # the pyfunc model's artifact name for the KerasHub preset
+PRESET_PATH = f"{MODEL_ARTIFACT}/artifacts/{PRESET_ARTIFACT}"
 ADAPTER_PATH = "adapter"  # an adapter variant's files (no pyfunc model: serve its merged variant)
 
 

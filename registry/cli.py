@@ -329,61 +329,59 @@ def generate(ref, prompts, max_new_tokens, sampler, temperature, top_k, top_p, s
     emit(result.output, human)
 
 
-@cli.command()
-@click.argument("ref")
-@click.option("--data", multiple=True, required=True, help="Text file, folder or JSONL (repeatable).")
-@click.option("--val-data", multiple=True, help="Held-out text (default: the last --val-split of --data).")
-@click.option("--val-split", type=float, default=0.1, show_default=True)
-@click.option("--steps", type=int, default=None, help="Optimiser steps (default: one epoch).")
-@click.option("--epochs", type=float, default=None)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--seq-len", type=int, default=None, help="Tokens per block (default: context, at most 128).")
-@click.option("--lr", type=float, default=5e-4, show_default=True)
-@click.option("--warmup-steps", type=int, default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | gpu | multi-gpu | multiworker | tpu")
-@click.option("--name", default=None, help="Registered model for the result (default: PARENT-finetune).")
-@common
-def finetune(ref, data, val_data, val_split, steps, epochs, batch_size, seq_len, lr, warmup_steps, seed,
-             text_field, device, name):
-    """Fine-tune every weight of REF on text; registers the result with its lineage."""
+def training_options(default_lr: float, operation: str):
+    """The options `finetune` and `lora` share, with the learning rate that suits each."""
+    options = [
+        click.option("--data", multiple=True, required=True, help="Text file, folder or JSONL (repeatable)."),
+        click.option("--val-data", multiple=True, help="Held-out text (default: the last --val-split of --data)."),
+        click.option("--val-split", type=float, default=0.1, show_default=True),
+        click.option("--steps", type=int, default=None, help="Optimiser steps (default: one epoch)."),
+        click.option("--epochs", type=float, default=None),
+        click.option("--batch-size", type=int, default=8, show_default=True),
+        click.option("--seq-len", type=int, default=None, help="Tokens per block (default: context, at most 128)."),
+        click.option("--lr", type=float, default=default_lr, show_default=True),
+        click.option("--warmup-steps", type=int, default=None),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto | cpu | gpu | multi-gpu | multiworker | tpu"),
+        click.option("--name", default=None, help=f"Registered model for the result (default: PARENT-{operation})."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _train(capability: str, ref: str, *, name, device, data, val_data, **options) -> None:
     variant = open_registry(progress=True).run(
-        "finetune", ref, name=name, device=device, data=list(data), val_data=list(val_data) or None,
-        val_split=val_split, steps=steps, epochs=epochs, batch_size=batch_size, seq_len=seq_len, lr=lr,
-        warmup_steps=warmup_steps, seed=seed, text_field=text_field,
+        capability, ref, name=name, device=device, data=list(data), val_data=list(val_data) or None, **options
     )
     _emit_variant(variant)
 
 
 @cli.command()
 @click.argument("ref")
-@click.option("--data", multiple=True, required=True, help="Text file, folder or JSONL (repeatable).")
+@training_options(default_lr=5e-4, operation="finetune")
+@common
+def finetune(ref, **options):
+    """Fine-tune every weight of REF on text; registers the result with its lineage."""
+    _train("finetune", ref, **options)
+
+
+@cli.command()
+@click.argument("ref")
 @click.option("--rank", type=int, default=8, show_default=True, help="Rank of the LoRA factors.")
 @click.option("--alpha", type=float, default=None, help="LoRA scale numerator (default: 2 × rank).")
 @click.option("--targets", default="query,value", show_default=True, help="query,value | attention | all")
-@click.option("--val-data", multiple=True, help="Held-out text (default: the last --val-split of --data).")
-@click.option("--val-split", type=float, default=0.1, show_default=True)
-@click.option("--steps", type=int, default=None, help="Optimiser steps (default: one epoch).")
-@click.option("--epochs", type=float, default=None)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--seq-len", type=int, default=None, help="Tokens per block (default: context, at most 128).")
-@click.option("--lr", type=float, default=2e-3, show_default=True)
-@click.option("--warmup-steps", type=int, default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | gpu | multi-gpu | multiworker | tpu")
-@click.option("--name", default=None, help="Registered model for the adapter (default: PARENT-lora).")
+@training_options(default_lr=2e-3, operation="lora")
 @common
-def lora(ref, data, rank, alpha, targets, val_data, val_split, steps, epochs, batch_size, seq_len, lr, warmup_steps,
-         seed, text_field, device, name):
+def lora(ref, **options):
     """Train a LoRA adapter on REF (frozen); registers an adapter variant pinned to REF."""
-    variant = open_registry(progress=True).run(
-        "lora", ref, name=name, device=device, data=list(data), rank=rank, alpha=alpha, targets=targets,
-        val_data=list(val_data) or None, val_split=val_split, steps=steps, epochs=epochs, batch_size=batch_size,
-        seq_len=seq_len, lr=lr, warmup_steps=warmup_steps, seed=seed, text_field=text_field,
-    )
-    _emit_variant(variant)
+    _train("lora", ref, **options)
 
 
 @cli.command()
@@ -407,9 +405,8 @@ def evaluate(ref, data, stride, batch_size, text_field, log):
     """Perplexity of REF over the data (token-weighted; no token prepended)."""
     reg = open_registry()
     result = reg.run("evaluate", ref, data=list(data), stride=stride, batch_size=batch_size, text_field=text_field)
-    if log:
-        reg.record_metrics(ref, result.metrics, data_digest=result.output["data_digest"])
-    output = {"ref": reg.get(ref).ref, **result.output}
+    variant = reg.record_metrics(ref, result.metrics, data_digest=result.output["data_digest"]) if log else reg.get(ref)
+    output = {"ref": variant.ref, **result.output}
     emit(output, lambda: click.echo(
         f"{output['ref']}: perplexity {output['perplexity']:,.3f}  mean NLL {output['mean_nll']:.4f}  over {output['tokens']:,} tokens"))
 

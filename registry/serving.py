@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PRESET_ARTIFACT = "preset"  # keep in step with registry.artifacts.PRESET_PATH
+from registry.artifacts import PRESET_ARTIFACT
+
 GENERATION_PARAMS = {
     "max_new_tokens": ("long", 32),
     "sampler": ("string", "greedy"),
