@@ -18,6 +18,9 @@ BACKBONE_CONFIG_KEYS = (
     "max_sequence_length",
 )
 
+# --precision names and the Keras dtype policies they select.
+PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
 # LoRA target sets, by the names of KerasHub's GPT-2 layers.
 LORA_TARGETS = {
     "query,value": ("query", "value"),

@@ -38,18 +38,25 @@ def build(config: dict, seed: int = 0) -> "keras_hub.models.GPT2CausalLM":
     return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor)
 
 
-def load(preset_dir: str | os.PathLike) -> "keras_hub.models.GPT2CausalLM":
-    """Load a preset folder into a `GPT2CausalLM` ready to generate."""
+def load(preset_dir: str | os.PathLike, dtype: str | None = None) -> "keras_hub.models.GPT2CausalLM":
+    """Load a preset folder into a `GPT2CausalLM` ready to generate (`dtype`: a Keras dtype policy)."""
     preset_dir = str(preset_dir)
     if not Path(preset_dir, "config.json").is_file():
         raise NotFoundError(f"{preset_dir} is not a model folder (no config.json)")
-    lm = keras_hub.models.GPT2CausalLM.from_preset(preset_dir)
+    lm = keras_hub.models.GPT2CausalLM.from_preset(preset_dir, **({"dtype": dtype} if dtype else {}))
     _fit_preprocessor_to_context(lm)
     return lm
 
 
 def save(lm, preset_dir: str | os.PathLike) -> None:
+    """Save `lm` as a preset; a model trained under a mixed policy is saved as float32."""
     lm.save_to_preset(str(preset_dir))
+    if lm.backbone.dtype_policy.name != "float32":
+        # The variables are float32 under a mixed policy: only the recorded policy changes.
+        config_file = Path(preset_dir, "config.json")
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["config"]["dtype"] = keras.dtype_policies.serialize(keras.DTypePolicy("float32"))
+        config_file.write_text(json.dumps(config, indent=4), encoding="utf-8")
 
 
 def backbone_config(lm) -> dict:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import shutil
 from dataclasses import dataclass, field
 
 from registry import Capability, CapabilityResult, hookimpl
-from registry.errors import UsageError
+from registry.errors import RunFailed, UsageError
 
 
 class Finetune(Capability):
@@ -21,13 +24,21 @@ class Finetune(Capability):
         steps: int | None = None
         epochs: float | None = None
         batch_size: int = 8
+        grad_accum: int = 1
         seq_len: int | None = None  # default: the model's context, at most 128
         lr: float = 5e-4
         warmup_steps: int | None = None  # default: 10% of the steps
+        precision: str = "fp32"
         seed: int = 0
         text_field: str = "text"
+        eval_every: int = 0  # validation loss every N steps (0: only at the end)
+        patience: int = 0  # stop after N evaluations without improvement (0: never)
+        checkpoint_every: int = 500  # 0: no checkpoints
+        resume: bool = False
 
         def __post_init__(self):
+            from backends.configs import PRECISIONS
+
             if isinstance(self.data, str):
                 self.data = [self.data]
             if isinstance(self.val_data, str):
@@ -38,14 +49,21 @@ class Finetune(Capability):
                 raise UsageError(f"--steps must be at least 1 (got {self.steps})")
             if self.epochs is not None and not self.epochs > 0:
                 raise UsageError(f"--epochs must be greater than 0 (got {self.epochs})")
-            if self.batch_size < 1:
-                raise UsageError(f"--batch-size must be at least 1 (got {self.batch_size})")
+            for flag, value, least in (("--batch-size", self.batch_size, 1), ("--grad-accum", self.grad_accum, 1),
+                                       ("--eval-every", self.eval_every, 0), ("--patience", self.patience, 0),
+                                       ("--checkpoint-every", self.checkpoint_every, 0)):
+                if value < least:
+                    raise UsageError(f"{flag} must be at least {least} (got {value})")
             if self.seq_len is not None and self.seq_len < 2:
                 raise UsageError(f"--seq-len must be at least 2 (got {self.seq_len})")
             if not 0 < self.lr < 1:
                 raise UsageError(f"--lr must be in (0, 1) (got {self.lr})")
             if not 0 <= self.val_split < 1:
                 raise UsageError(f"--val-split must be in [0, 1) (got {self.val_split})")
+            if self.precision not in PRECISIONS:
+                raise UsageError(f"unknown --precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+            if self.patience and not self.eval_every:
+                raise UsageError("--patience needs --eval-every N (how often to measure the validation loss)")
 
     # Subclasses (LoRA) change what is trained and what is saved; the loop stays the same.
     def adapt(self, lm, options: dict) -> dict:
@@ -57,8 +75,8 @@ class Finetune(Capability):
 
         keras_gpt2.save(lm, folder)
 
-    def run(self, context, *, data, val_data, val_split, steps, epochs, batch_size, seq_len, lr,
-            warmup_steps, seed, text_field, **extra):
+    def run(self, context, *, data, val_data, val_split, steps, epochs, batch_size, grad_accum, seq_len, lr,
+            warmup_steps, precision, seed, text_field, eval_every, patience, checkpoint_every, resume, **extra):
         from backends.configs import END_OF_TEXT_ID
         from registry.data import pack_blocks, read_texts, tokenize_documents
 
@@ -75,54 +93,79 @@ class Finetune(Capability):
             blocks, validation = blocks[:-held_out], [list(b) for b in blocks[-held_out:]]
         else:
             validation = None
+        if patience and not validation:
+            raise UsageError("--patience needs validation data: give --val-data or a --val-split above 0")
         if steps is None:
-            steps = max(1, math.ceil((epochs or 1.0) * len(blocks) / batch_size))
+            steps = max(1, math.ceil((epochs or 1.0) * len(blocks) / (batch_size * grad_accum)))
         warmup_steps = steps // 10 if warmup_steps is None else warmup_steps
+        settings = {
+            "data": list(data), "val_data": list(val_data or []), "val_split": val_split, "steps": steps,
+            "batch_size": batch_size, "grad_accum": grad_accum, "seq_len": seq_len, "lr": lr,
+            "warmup_steps": warmup_steps, "precision": precision, "seed": seed, "eval_every": eval_every,
+            "patience": patience, "train_blocks": int(len(blocks)),
+            "validation": "val_data" if val_data else ("split" if validation else "none"), **extra,
+        }
+        fingerprint = _fingerprint(self.name, context.variant.content_hash, settings, blocks)
+        checkpoints = context.checkpoints / fingerprint if context.checkpoints and checkpoint_every else None
+        if resume and checkpoints is None:
+            raise UsageError("--resume needs checkpoints; leave --checkpoint-every above 0")
 
         from backends import scoring, training
 
+        plan = training.TrainingPlan(
+            steps=steps, batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr, warmup_steps=warmup_steps,
+            seed=seed, precision=precision, checkpoint_every=checkpoint_every, eval_every=eval_every, patience=patience,
+        )
+        policy = training.dtype_policy(precision)
         with context.strategy().scope():
-            lm = context.load_model()
+            lm = context.load_model(dtype=policy)
             parent_metrics = {"perplexity": scoring.score(lm, validation).perplexity} if validation else {}
             adapted = self.adapt(lm, extra)
-            history: dict[str, list[tuple[int, float]]] = {"train_loss": [], "learning_rate": [], "tokens_per_second": []}
+            settings.update(extra)  # what adapt() filled in (LoRA's default alpha)
 
-            def on_step(step, loss, tokens_per_second, learning_rate):
-                history["train_loss"].append((step, loss))
-                history["learning_rate"].append((step, learning_rate))
-                history["tokens_per_second"].append((step, tokens_per_second))
+            def on_step(step, loss, tokens_per_second, learning_rate, val_loss):
                 context.progress(step=step, total=steps, loss=loss, tokens_per_second=tokens_per_second)
 
             report = training.train(
-                lm, blocks, steps=steps, batch_size=batch_size, learning_rate=lr,
-                warmup_steps=warmup_steps, seed=seed, on_step=on_step,
+                lm, blocks, plan, on_step=on_step, checkpoints=checkpoints, resume=resume, fingerprint=fingerprint,
+                validate=(lambda: scoring.score(lm, validation).mean_nll) if validation and eval_every else None,
             )
-        if not math.isfinite(report.final_loss):
-            bad_step = next(step for step, loss in history["train_loss"] if not math.isfinite(loss))
-            raise UsageError(f"training diverged: the loss became {report.final_loss} at step {bad_step}; lower --lr")
+        settings.update(device=context.device, resumed_from_step=report.resumed_from, stopped=report.stopped)
+        if report.stopped == "diverged":
+            if checkpoints is not None:
+                shutil.rmtree(checkpoints, ignore_errors=True)
+            raise RunFailed(
+                f"training diverged: the loss became {report.final_loss} at step {report.diverged_at}; "
+                "nothing was registered (lower --lr or use --precision fp32)",
+                CapabilityResult(metrics={"diverged_at_step": report.diverged_at}, history=report.history,
+                                 settings=settings),
+            )
         metrics = {
             "train_loss": report.final_loss,
             "train_tokens": report.tokens,
             "train_seconds": report.seconds,
             "tokens_per_second": report.tokens_per_second,
+            "train_steps": report.steps,
             **adapted,
         }
+        if report.best_val_loss is not None:
+            metrics.update(best_val_loss=report.best_val_loss, best_step=report.best_step)
         if validation:
             metrics["perplexity"] = scoring.score(lm, validation).perplexity
         preset = context.workdir / "preset"
         self.save(lm, preset)
-        return CapabilityResult(
-            preset_dir=preset,
-            metrics=metrics,
-            parent_metrics=parent_metrics,
-            history=history,
-            settings={
-                "data": list(data), "val_data": list(val_data or []), "val_split": val_split, "steps": steps,
-                "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "warmup_steps": warmup_steps, "seed": seed,
-                "train_blocks": int(len(blocks)), "validation": "val_data" if val_data else ("split" if validation else "none"),
-                "device": context.device, **extra,
-            },
-        )
+        return CapabilityResult(preset_dir=preset, metrics=metrics, parent_metrics=parent_metrics,
+                                history=report.history, settings=settings,
+                                # Kept until the variant is committed, so a failed record can still resume.
+                                discard_after_record=[checkpoints] if checkpoints is not None else [])
+
+
+def _fingerprint(operation: str, parent_hash: str, settings: dict, blocks) -> str:
+    """What must match for --resume to continue a checkpoint: parent weights, data and options."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([operation, parent_hash, settings], sort_keys=True, default=str).encode())
+    digest.update(blocks.tobytes())
+    return digest.hexdigest()[:20]
 
 
 @hookimpl

@@ -23,6 +23,8 @@ class Lora(Finetune):
         rank: int = 8
         alpha: float | None = None  # default: 2 × rank
         targets: str = "query,value"
+        dropout: float = 0.0  # on the input of the low-rank path, as PEFT's lora_dropout
+        quantize_base: str | None = None  # "int8": train over an int8 copy of the frozen base
         lr: float = 2e-3
 
         def __post_init__(self):
@@ -35,6 +37,12 @@ class Lora(Finetune):
                 raise UsageError(f"--alpha must be greater than 0 (got {self.alpha})")
             if self.targets not in LORA_TARGETS:
                 raise UsageError(f"unknown --targets {self.targets!r}; choose one of: {', '.join(LORA_TARGETS)}")
+            if not 0 <= self.dropout < 1:
+                raise UsageError(f"--dropout must be in [0, 1) (got {self.dropout})")
+            if self.quantize_base not in (None, "int8"):
+                raise UsageError(f"unknown --quantize-base {self.quantize_base!r}; Keras can train LoRA over int8 only")
+            if self.quantize_base and self.precision == "fp16":
+                raise UsageError("--quantize-base int8 cannot combine with --precision fp16; use bf16 or fp32")
 
     def adapt(self, lm, options):
         from backends import lora
@@ -42,7 +50,8 @@ class Lora(Finetune):
         if getattr(lm, "_gpt2reg_lora", None):
             raise UsageError("this variant already carries an adapter; merge it first")
         alpha = options["alpha"] or 2 * options["rank"]
-        lora.enable(lm, rank=options["rank"], alpha=alpha, targets=options["targets"])
+        lora.enable(lm, rank=options["rank"], alpha=alpha, targets=options["targets"], dropout=options["dropout"],
+                    base_quantization=options["quantize_base"])
         options["alpha"] = alpha
         trainable, total = lora.parameter_counts(lm)
         return {"trainable_parameters": trainable, "total_parameters": total,

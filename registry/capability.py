@@ -40,6 +40,8 @@ class CapabilityResult:
     - ``history``: metric name -> [(step, value)], logged as MLflow curves.
     - ``settings``: what the operation did, kept on the lineage edge.
     - ``output``: JSON-ready data for the caller (generated text, ids, ...).
+    - ``discard_after_record``: folders (training checkpoints) to remove once
+      the variant is committed, and only then.
     """
 
     preset_dir: Path | None = None
@@ -48,6 +50,7 @@ class CapabilityResult:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     output: dict[str, Any] = field(default_factory=dict)
+    discard_after_record: list[Path] = field(default_factory=list)  # folders the core removes once recorded
 
 
 Progress = Callable[..., None]
@@ -61,12 +64,13 @@ class RunContext:
     workdir: Path
     progress: Progress = lambda **fields: None
     device: str = "auto"
+    checkpoints: Path | None = None  # the home's checkpoint folder, for resumable work
 
-    def load_model(self):
-        """The parent variant as a KerasHub ``GPT2CausalLM``."""
+    def load_model(self, dtype: str | None = None):
+        """The parent variant as a KerasHub ``GPT2CausalLM`` (``dtype``: a Keras dtype policy)."""
         if self.variant is None:
             raise UsageError("this capability needs a model reference")
-        return self.variant.load()
+        return self.variant._registry.load(self.variant, dtype=dtype)
 
     def load_parent_model(self):
         """The variant's own parent (an adapter's base) as a plain ``GPT2CausalLM``."""

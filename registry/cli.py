@@ -337,12 +337,23 @@ def training_options(default_lr: float, operation: str):
         click.option("--val-split", type=float, default=0.1, show_default=True),
         click.option("--steps", type=int, default=None, help="Optimiser steps (default: one epoch)."),
         click.option("--epochs", type=float, default=None),
-        click.option("--batch-size", type=int, default=8, show_default=True),
+        click.option("--batch-size", type=int, default=8, show_default=True, help="Blocks per micro-batch."),
+        click.option("--grad-accum", type=int, default=1, show_default=True,
+                     help="Micro-batches per update: the update of a batch N times larger."),
         click.option("--seq-len", type=int, default=None, help="Tokens per block (default: context, at most 128)."),
         click.option("--lr", type=float, default=default_lr, show_default=True),
-        click.option("--warmup-steps", type=int, default=None),
+        click.option("--warmup-steps", type=int, default=None, help="Linear warmup (default: 10% of the steps)."),
+        click.option("--precision", default="fp32", show_default=True,
+                     help="fp32 | bf16 | fp16 (mixed precision; fp16 with loss scaling, GPU only)."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text."),
+        click.option("--eval-every", type=int, default=0, show_default=True,
+                     help="Validation loss every N steps (0: only at the end)."),
+        click.option("--patience", type=int, default=0, show_default=True,
+                     help="Early stopping: stop after N evaluations without a better validation loss (0: off)."),
+        click.option("--checkpoint-every", type=int, default=500, show_default=True,
+                     help="Checkpoint every N steps, for --resume (0: none)."),
+        click.option("--resume", is_flag=True, help="Continue the interrupted run with the same parent, data and options."),
         click.option("--device", default="auto", show_default=True,
                      help="auto | cpu | gpu | multi-gpu | multiworker | tpu"),
         click.option("--name", default=None, help=f"Registered model for the result (default: PARENT-{operation})."),
@@ -360,7 +371,17 @@ def _train(capability: str, ref: str, *, name, device, data, val_data, **options
     variant = open_registry(progress=True).run(
         capability, ref, name=name, device=device, data=list(data), val_data=list(val_data) or None, **options
     )
-    _emit_variant(variant)
+    metrics = variant.metrics
+
+    def human():
+        console().print(_variant_table([variant]))
+        if "trainable_parameters" in metrics:
+            click.echo(f"trained {int(metrics['trainable_parameters']):,} of {int(metrics['total_parameters']):,} "
+                       f"weights ({100 * metrics['trainable_share']:.2f}%)")
+        if "tokens_per_second" in metrics:
+            click.echo(f"{int(metrics['train_steps'])} steps, {metrics['tokens_per_second']:,.0f} tokens/s")
+
+    emit(variant.to_dict(), human)
 
 
 @cli.command()
@@ -377,6 +398,9 @@ def finetune(ref, **options):
 @click.option("--rank", type=int, default=8, show_default=True, help="Rank of the LoRA factors.")
 @click.option("--alpha", type=float, default=None, help="LoRA scale numerator (default: 2 × rank).")
 @click.option("--targets", default="query,value", show_default=True, help="query,value | attention | all")
+@click.option("--dropout", type=float, default=0.0, show_default=True, help="Dropout on the adapter's input.")
+@click.option("--quantize-base", type=click.Choice(["int8"]), default=None,
+              help="Train over an int8 copy of the frozen base (QLoRA-style, Keras int8).")
 @training_options(default_lr=2e-3, operation="lora")
 @common
 def lora(ref, **options):

@@ -17,5 +17,17 @@ class UsageError(RegistryError):
     exit_code = 2
 
 
+class RunFailed(RegistryError):
+    """Work that started and failed on its own terms (a diverged loss): recorded as a FAILED run.
+
+    `result` holds what the capability measured before it stopped (settings,
+    curves); the core logs it to a FAILED MLflow run and registers nothing.
+    """
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result
+
+
 class NotFoundError(UsageError):
     """A reference, file or plugin that does not exist."""

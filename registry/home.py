@@ -44,6 +44,11 @@ class Home:
         return self.path / ".staging"
 
     @property
+    def checkpoints(self) -> Path:
+        """Training checkpoints of unfinished runs, by run fingerprint (kept for --resume)."""
+        return self.path / "checkpoints"
+
+    @property
     def is_local(self) -> bool:
         return self.tracking_uri.startswith("sqlite:")
 

@@ -148,6 +148,24 @@ class Recorder:
         return self.registry._variant(row)
 
 
+    def record_failure(self, *, name: str, operation: str, parent: "Variant", failure) -> str:
+        """A FAILED MLflow run with what was measured before the failure; nothing is registered."""
+        tracker = self.registry.tracker
+        result = failure.result or CapabilityResult()
+        run = tracker.start_run(run_name=f"{name} ({operation}, failed)", tags={
+            f"{TAG_PREFIX}operation": operation,
+            f"{TAG_PREFIX}parent": parent.ref,
+            f"{TAG_PREFIX}error": str(failure)[:5000],
+        })
+        run_id = run.info.run_id
+        try:
+            tracker.log_params(run_id, {"operation": operation, **result.settings})
+            metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+            tracker.log_metrics(run_id, metrics, result.history)
+        finally:
+            tracker.finish_run(run_id, status="FAILED")
+        return run_id
+
     def _lineage_files(self, new_ref, operation, parents, metrics, staging: Path) -> Path:
         """The family as it stands with the new variant in it, as lineage.json and lineage.png."""
         from registry import lineage_picture

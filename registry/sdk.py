@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from registry import references
 from registry.capability import CapabilityResult, RunContext
-from registry.errors import NotFoundError, RegistryError, UsageError
+from registry.errors import NotFoundError, RegistryError, RunFailed, UsageError
 from registry.home import Home
 from registry.lineage import LineageVariant
 
@@ -191,7 +191,7 @@ class Registry:
             raise RegistryError(f"the files of {variant.ref} are missing from {path}; run `gpt2reg doctor`")
         return path
 
-    def load(self, variant: "str | Variant", *, base: "str | Variant | None" = None):
+    def load(self, variant: "str | Variant", *, base: "str | Variant | None" = None, dtype: str | None = None):
         """The variant as a KerasHub `GPT2CausalLM`; an adapter is loaded onto its base.
 
         An adapter is pinned to its base's content hash: `base=` may name another
@@ -207,7 +207,7 @@ class Registry:
                 f"the weights of {variant.ref} do not match their recorded hash (damaged files); run `gpt2reg doctor`"
             )
         if variant.kind != "adapter":
-            return keras_gpt2.load(path)
+            return keras_gpt2.load(path, dtype=dtype)
         from backends import lora
 
         base_variant = self.get(base or variant.parent)
@@ -217,7 +217,7 @@ class Registry:
                 f"adapter {variant.ref} is pinned to base weights {pinned[:12]}, but {base_variant.ref} holds "
                 f"{base_variant.content_hash[:12]}; load it on {variant.parent}"
             )
-        lm = self.load(base_variant)
+        lm = self.load(base_variant, dtype=dtype)
         lora.load_adapter(lm, path)
         return lm
 
@@ -258,6 +258,11 @@ class Registry:
             yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _record_failure(self, *, name: str, operation: str, parent: Variant, failure: "RunFailed") -> None:
+        from registry.recorder import Recorder
+
+        Recorder(self).record_failure(name=name, operation=operation, parent=parent, failure=failure)
 
     def _record(self, *, name: str, operation: str, parents: list, result: CapabilityResult, staging: Path,
                 kind: str = "full") -> Variant:
@@ -324,10 +329,17 @@ class Registry:
             if cap.makes_variant:
                 self.init()
                 with self._staging() as staging:
-                    context = RunContext(variant=parent, workdir=staging, progress=self._progress, device=device)
-                    result = cap.run(context, **checked)
+                    context = RunContext(variant=parent, workdir=staging, progress=self._progress, device=device,
+                                         checkpoints=self.home.checkpoints)
+                    try:
+                        result = cap.run(context, **checked)
+                    except RunFailed as failure:
+                        self._record_failure(name=name, operation=cap.operation, parent=parent, failure=failure)
+                        raise
                     new = self._record(name=name, operation=cap.operation, parents=[(parent, "parent")],
                                        result=result, staging=staging, kind=cap.variant_kind)
+                    for folder in result.discard_after_record:
+                        shutil.rmtree(folder, ignore_errors=True)
             else:
                 with tempfile.TemporaryDirectory(prefix="gpt2reg-") as scratch:
                     context = RunContext(variant=parent, workdir=Path(scratch), progress=self._progress, device=device)

@@ -30,8 +30,9 @@ def test_the_adapter_variant_stores_only_the_adapter(adapter_family):
     files = sorted(p.name for p in reg.preset_path(adapter).iterdir())
     assert files == ["adapter.json", "adapter.lora.h5", "gpt2reg.json"]
     assert adapter.tags["base_content_hash"] == base.content_hash
-    # Keras factors an attention kernel (64, 4 heads, 16) as A (64, 4, r) and B (r, 16).
-    assert adapter.parameters == 2 * 2 * 4 * (64 * 4 + 16)
+    # 2 layers x (query, value) x A (64, r) and B (r, 64 = 4 heads x 16), as PEFT factors them.
+    assert adapter.parameters == 2 * 2 * (64 * 4 + 4 * 64)
+    assert adapter.metrics["trainable_parameters"] == adapter.parameters
     edge = reg.lineage(adapter)["edges"][0]
     assert edge["settings"]["rank"] == 4 and edge["settings"]["alpha"] == 8 and edge["settings"]["targets"] == "query,value"
 
@@ -70,3 +71,20 @@ def test_merge_and_lora_refuse_what_makes_no_sense(adapter_family, gpt2reg, text
     assert result.exit_code == 2 and "--rank must be at least 1" in result.stderr
     result = gpt2reg("lora", base.ref, "--data", text_file, "--targets", "mlp", *home)
     assert result.exit_code == 2 and "unknown --targets" in result.stderr
+
+
+def test_an_adapter_over_an_int8_base_is_recorded_and_reloaded_as_trained(tmp_path, fixture_dir, text_file):
+    reg = Registry(tmp_path / "home")
+    base = reg.import_("fx", str(fixture_dir))
+    held_out = tmp_path / "held-out.txt"
+    held_out.write_text(text_file.read_text()[:3000])
+    adapter = reg.run("lora", base, data=[str(text_file)], val_data=[str(held_out)], rank=4, steps=3, batch_size=4,
+                      seq_len=32, lr=0.05, quantize_base="int8", dropout=0.1)
+    edge = reg.lineage(adapter)["edges"][0]
+    assert edge["settings"]["quantize_base"] == "int8" and edge["settings"]["dropout"] == 0.1
+    reloaded = reg.load(adapter)
+    quantized = [layer for layer in reloaded.backbone._flatten_layers() if getattr(layer, "quantization_mode", None)]
+    assert quantized and all(layer.quantization_mode == "int8" for layer in quantized)
+    # The recorded perplexity is what the reloaded int8 base + adapter gives.
+    again = reg.run("evaluate", adapter, data=[str(held_out)])
+    assert again.metrics["perplexity"] == pytest.approx(adapter.metrics["perplexity"], rel=1e-4)

@@ -32,6 +32,12 @@ LONG_PROMPT = "word " * 120  # 120 tokens: with 16 new ones, past the 128-token 
         (["import", "hub", "gpt2_base_en"], "import the local folder"),
         (["alias", "fx/1", "latest"], "reserved"),
         (["finetune", "fx", "--data", "{text}", "--device", "tpu", "--steps", "1"], "tpu"),
+        (["finetune", "fx", "--data", "{text}", "--patience", "2"], "--patience needs --eval-every"),
+        (["finetune", "fx", "--data", "{text}", "--grad-accum", "0"], "--grad-accum must be at least 1"),
+        (["finetune", "fx", "--data", "{text}", "--precision", "fp8"], "unknown --precision"),
+        (["finetune", "fx", "--data", "{text}", "--precision", "fp16"], "needs a GPU"),
+        (["finetune", "fx", "--data", "{text}", "--steps", "2", "--resume"], "no checkpoint for this run"),
+        (["lora", "fx", "--data", "{text}", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_changes_nothing(gpt2reg, imported_home, text_file, tmp_path, args, message):
