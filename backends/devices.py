@@ -16,6 +16,29 @@ from registry.errors import UsageError
 DEVICES = ("auto", "cpu", "gpu", "multi-gpu", "multiworker", "tpu")
 
 
+def uses_cluster(device: str) -> bool:
+    """Whether `device` runs this process as one worker of a multi-worker cluster."""
+    return device == "multiworker" or (device == "auto" and "TF_CONFIG" in os.environ)
+
+
+def is_chief() -> bool:
+    """Whether this process is the cluster's chief: the one worker that writes results.
+
+    As tf.distribute decides it: the task of type "chief", or worker 0 when the
+    cluster has no chief. Without TF_CONFIG a process is its own chief.
+    """
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError:
+        return True
+    task = config.get("task") or {}
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in config.get("cluster", {})
+
+
 def select_strategy(device: str):
     import tensorflow as tf
 

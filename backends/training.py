@@ -227,6 +227,30 @@ def _restore_checkpoint(checkpoint: Path, lm, optimizer) -> dict:
 # ---------------------------------------------------------------- the loop
 
 
+def _fit_multiworker(lm) -> None:
+    """Two Keras 3.15 defects of `fit` under MultiWorkerMirroredStrategy, worked around.
+
+    - Before training it reduces one batch across workers to pre-build the model,
+      which fails on a dict of inputs ("Attempt to convert a value ({'token_ids':
+      PerReplica...}) to a Tensor"). The model and optimiser are built already, so
+      the build is left to the traced step, as without a strategy.
+    - After each step it reduces the logged scalars with `reduce("MEAN", axis=0)`,
+      which fails on 0-d values ("Invalid reduction dimension 0", tensorflow#72388).
+      The step's logs are given one axis, so the reduction averages the replicas.
+    """
+    import tensorflow as tf
+
+    if not isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    lm._distribute_strategy = None
+    plain_step = lm.train_step
+
+    def train_step(data):
+        return {name: tf.reshape(value, [1]) for name, value in plain_step(data).items()}
+
+    lm.train_step = train_step
+
+
 def _seed_dropout(lm, seed: int) -> None:
     """Start every dropout random stream from `seed`.
 
@@ -255,7 +279,7 @@ class _UpdateReporter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         step = epoch + 1
         now = time.perf_counter()
-        loss = float(logs["loss"])
+        loss = float(np.reshape(logs["loss"], ()))
         speed = self.tokens_per_step / max(now - self.last, 1e-9)
         rate = _current_learning_rate(self.model.optimizer)
         history = self.state["history"]
@@ -335,6 +359,7 @@ def train(
         shutil.rmtree(checkpoints)  # an older interrupted run with the same settings: start over
     tokens_per_step = plan.batch_size * plan.grad_accum * (blocks.shape[1] - 1)
     reporter = _UpdateReporter(plan, tokens_per_step, on_step, validate, checkpoints, state)
+    _fit_multiworker(lm)
     # The data is already token ids: KerasHub's preprocessor would tokenize it again.
     preprocessor, lm.preprocessor = lm.preprocessor, None
     started = time.perf_counter()

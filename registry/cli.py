@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from registry.capability import CapabilityResult
 from registry.errors import RegistryError, UsageError
 
 
@@ -371,6 +372,10 @@ def _train(capability: str, ref: str, *, name, device, data, val_data, **options
     variant = open_registry(progress=True).run(
         capability, ref, name=name, device=device, data=list(data), val_data=list(val_data) or None, **options
     )
+    if isinstance(variant, CapabilityResult):  # a worker that is not the cluster's chief
+        emit({"recorded": False, "metrics": variant.metrics},
+             lambda: click.echo(f"worker done: {int(variant.metrics['train_steps'])} steps; the chief records the variant"))
+        return
     metrics = variant.metrics
 
     def human():

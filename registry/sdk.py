@@ -82,6 +82,12 @@ class Variant:
         }
 
 
+def _is_chief(device: str) -> bool:
+    from backends.devices import is_chief, uses_cluster
+
+    return is_chief() if uses_cluster(device) else True
+
+
 class Registry:
     """A registry home: MLflow tracking + model registry, and the lineage store."""
 
@@ -331,11 +337,19 @@ class Registry:
                 with self._staging() as staging:
                     context = RunContext(variant=parent, workdir=staging, progress=self._progress, device=device,
                                          checkpoints=self.home.checkpoints)
+                    chief = _is_chief(device)
+                    if not chief:
+                        # Every worker trains its share; only the chief writes checkpoints and records.
+                        context.checkpoints = None
                     try:
                         result = cap.run(context, **checked)
                     except RunFailed as failure:
-                        self._record_failure(name=name, operation=cap.operation, parent=parent, failure=failure)
+                        if chief:
+                            self._record_failure(name=name, operation=cap.operation, parent=parent, failure=failure)
                         raise
+                    if not chief:
+                        hooks.after_run(capability=cap, variant=parent, result=result, new_variant=None)
+                        return result
                     new = self._record(name=name, operation=cap.operation, parents=[(parent, "parent")],
                                        result=result, staging=staging, kind=cap.variant_kind)
                     for folder in result.discard_after_record:
