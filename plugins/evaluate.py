@@ -38,8 +38,9 @@ class Evaluate(Capability):
             raise UsageError(f"--stride {stride} is longer than the model's context of {context_length}")
         from backends import scoring
 
-        lm = context.load_model()
-        score = scoring.score(lm, documents, stride=stride, batch_size=batch_size)
+        with context.strategy().scope():
+            lm = context.load_model()
+            score = scoring.score(lm, documents, stride=stride, batch_size=batch_size)
         metrics = {
             "perplexity": score.perplexity,
             "mean_nll": score.mean_nll,

@@ -35,6 +35,7 @@ class Finetune(Capability):
         patience: int = 0  # stop after N evaluations without improvement (0: never)
         checkpoint_every: int = 500  # 0: no checkpoints
         resume: bool = False
+        xla: bool = False  # compile the step with XLA
 
         def __post_init__(self):
             from backends.configs import PRECISIONS
@@ -76,7 +77,7 @@ class Finetune(Capability):
         keras_gpt2.save(lm, folder)
 
     def run(self, context, *, data, val_data, val_split, steps, epochs, batch_size, grad_accum, seq_len, lr,
-            warmup_steps, precision, seed, text_field, eval_every, patience, checkpoint_every, resume, **extra):
+            warmup_steps, precision, seed, text_field, eval_every, patience, checkpoint_every, resume, xla, **extra):
         from backends.configs import END_OF_TEXT_ID
         from registry.data import pack_blocks, read_texts, tokenize_documents
 
@@ -102,7 +103,7 @@ class Finetune(Capability):
             "data": list(data), "val_data": list(val_data or []), "val_split": val_split, "steps": steps,
             "batch_size": batch_size, "grad_accum": grad_accum, "seq_len": seq_len, "lr": lr,
             "warmup_steps": warmup_steps, "precision": precision, "seed": seed, "eval_every": eval_every,
-            "patience": patience, "train_blocks": int(len(blocks)),
+            "patience": patience, "xla": xla, "train_blocks": int(len(blocks)),
             "validation": "val_data" if val_data else ("split" if validation else "none"), **extra,
         }
         fingerprint = _fingerprint(self.name, context.variant.content_hash, settings, blocks)
@@ -115,6 +116,7 @@ class Finetune(Capability):
         plan = training.TrainingPlan(
             steps=steps, batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr, warmup_steps=warmup_steps,
             seed=seed, precision=precision, checkpoint_every=checkpoint_every, eval_every=eval_every, patience=patience,
+            jit_compile=xla,
         )
         policy = training.dtype_policy(precision)
         with context.strategy().scope():

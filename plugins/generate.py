@@ -52,11 +52,12 @@ class Generate(Capability):
                 )
         from backends import generation
 
-        lm = context.load_model()
-        results = generation.generate(
-            lm, prompt_ids, max_new_tokens=max_new_tokens, sampler=sampler,
-            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        )
+        with context.strategy().scope():
+            lm = context.load_model()
+            results = generation.generate(
+                lm, prompt_ids, max_new_tokens=max_new_tokens, sampler=sampler,
+                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+            )
         outputs = [
             {"prompt": prompt, "text": decode(r.token_ids), "token_ids": r.token_ids, "finish_reason": r.finish_reason}
             for prompt, r in zip(prompts, results)

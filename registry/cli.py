@@ -306,6 +306,10 @@ def _print_tokens(output):
     out.print(f"{len(output['token_ids'])} tokens")
 
 
+device_option = click.option("--device", default="auto", show_default=True,
+                             help="auto | cpu | gpu | multi-gpu | multiworker | tpu")
+
+
 @cli.command()
 @click.argument("ref")
 @click.argument("prompts", nargs=-1, required=True)
@@ -315,12 +319,13 @@ def _print_tokens(output):
 @click.option("--top-k", type=int, default=50, show_default=True)
 @click.option("--top-p", type=float, default=0.9, show_default=True)
 @click.option("--seed", type=int, default=None)
+@device_option
 @common
-def generate(ref, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed):
+def generate(ref, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed, device):
     """Continue each PROMPT with the model REF (all prompts in one batch)."""
     result = open_registry().run(
         "generate", ref, prompts=list(prompts), max_new_tokens=max_new_tokens, sampler=sampler,
-        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, device=device,
     )
 
     def human():
@@ -355,8 +360,8 @@ def training_options(default_lr: float, operation: str):
         click.option("--checkpoint-every", type=int, default=500, show_default=True,
                      help="Checkpoint every N steps, for --resume (0: none)."),
         click.option("--resume", is_flag=True, help="Continue the interrupted run with the same parent, data and options."),
-        click.option("--device", default="auto", show_default=True,
-                     help="auto | cpu | gpu | multi-gpu | multiworker | tpu"),
+        device_option,
+        click.option("--xla", is_flag=True, help="Compile the training step with XLA (slower start, faster steps)."),
         click.option("--name", default=None, help=f"Registered model for the result (default: PARENT-{operation})."),
     ]
 
@@ -429,11 +434,13 @@ def merge(adapter_ref, name):
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--log/--no-log", default=True, show_default=True, help="Record the figures on the variant's MLflow run and lineage.")
+@device_option
 @common
-def evaluate(ref, data, stride, batch_size, text_field, log):
+def evaluate(ref, data, stride, batch_size, text_field, log, device):
     """Perplexity of REF over the data (token-weighted; no token prepended)."""
     reg = open_registry()
-    result = reg.run("evaluate", ref, data=list(data), stride=stride, batch_size=batch_size, text_field=text_field)
+    result = reg.run("evaluate", ref, data=list(data), stride=stride, batch_size=batch_size, text_field=text_field,
+                     device=device)
     variant = reg.record_metrics(ref, result.metrics, data_digest=result.output["data_digest"]) if log else reg.get(ref)
     output = {"ref": variant.ref, **result.output}
     emit(output, lambda: click.echo(

@@ -54,6 +54,8 @@ def run_doctor(reg, *, repair: bool = False) -> dict:
                    lambda key=key, version=version: (tracker.delete_version(*key), tracker.delete_run(version.run_id)))
             used_runs.add(version.run_id)
     for run in tracker.search_runs():
+        if run.data.tags.get("gpt2reg.error"):
+            continue  # a recorded failure (a diverged run): kept on purpose, with its curves
         if run.info.run_id not in used_runs and run.data.tags.get("gpt2reg.operation"):
             report("orphan-run", f"MLflow run {run.info.run_id} ({run.info.run_name}, {run.info.status}) made no variant",
                    lambda run=run: tracker.delete_run(run.info.run_id))
@@ -61,4 +63,11 @@ def run_doctor(reg, *, repair: bool = False) -> dict:
         for leftover in sorted(reg.home.staging.iterdir()):
             report("staging-leftover", f"unfinished work folder {leftover}",
                    lambda leftover=leftover: shutil.rmtree(leftover, ignore_errors=True))
+    if reg.home.checkpoints.exists():
+        for run_folder in sorted(reg.home.checkpoints.iterdir()):
+            steps = sorted(p.name for p in run_folder.glob("step-*"))
+            report("interrupted-training",
+                   f"checkpoint {steps[-1] if steps else '(none complete)'} of an unfinished run in {run_folder}: "
+                   "rerun the same command with --resume, or --repair to remove it",
+                   lambda run_folder=run_folder: shutil.rmtree(run_folder, ignore_errors=True))
     return {"home": str(reg.home.path), "variants_checked": len(rows), "problems": problems, "repaired": repair}

@@ -46,6 +46,8 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(base_home, 
     assert killed.returncode == -9, killed.stderr[-2000:]
     checkpoints = list((base_home / "checkpoints").glob("*/step-*"))
     assert [c.name for c in checkpoints] == ["step-00000004"]
+    doctor = gpt2reg("doctor", "--home", base_home, "--json").json()
+    assert "interrupted-training" in [p["kind"] for p in doctor["problems"]]
 
     resumed = gpt2reg(*args, "--name", "resumed", "--resume", "--json")
     assert resumed.exit_code == 0, resumed
@@ -95,3 +97,5 @@ def test_a_diverged_run_is_a_failed_mlflow_run_and_registers_nothing(base_home, 
     assert run.data.params["steps"] == "5"
     assert "training diverged" in run.data.tags["gpt2reg.error"]
     assert not list((base_home / "checkpoints").glob("*/step-*"))
+    # The failed run is a record, not debris.
+    assert gpt2reg("doctor", "--home", base_home, "--json").json()["problems"] == []

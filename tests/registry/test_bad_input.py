@@ -38,6 +38,8 @@ LONG_PROMPT = "word " * 120  # 120 tokens: with 16 new ones, past the 128-token 
         (["finetune", "fx", "--data", "{text}", "--precision", "fp16"], "needs a GPU"),
         (["finetune", "fx", "--data", "{text}", "--steps", "2", "--resume"], "no checkpoint for this run"),
         (["lora", "fx", "--data", "{text}", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
+        (["evaluate", "fx", "--data", "{text}", "--device", "tpu"], "no TPU found"),
+        (["generate", "fx", "hi", "--device", "gpu"], "no GPU is visible"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_changes_nothing(gpt2reg, imported_home, text_file, tmp_path, args, message):
