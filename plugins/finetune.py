@@ -12,6 +12,11 @@ from registry import Capability, CapabilityResult, hookimpl
 from registry.errors import RunFailed, UsageError
 
 
+# Measured on 2 CPU cores: XLA makes a `gpt2` (124M) step 19% faster (13.0 -> 10.5 s at
+# sequence 256, batch 4) for 20 s more compilation; on `tiny` (3M) it gains nothing.
+XLA_FROM_PARAMETERS = 100_000_000
+
+
 class Finetune(Capability):
     name = "finetune"
     operation = "finetune"
@@ -35,7 +40,7 @@ class Finetune(Capability):
         patience: int = 0  # stop after N evaluations without improvement (0: never)
         checkpoint_every: int = 500  # 0: no checkpoints
         resume: bool = False
-        xla: bool = False  # compile the step with XLA
+        xla: bool | None = None  # compile the step with XLA; default: for models of XLA_FROM_PARAMETERS or more
 
         def __post_init__(self):
             from backends.configs import PRECISIONS
@@ -99,6 +104,8 @@ class Finetune(Capability):
         if steps is None:
             steps = max(1, math.ceil((epochs or 1.0) * len(blocks) / (batch_size * grad_accum)))
         warmup_steps = steps // 10 if warmup_steps is None else warmup_steps
+        if xla is None:
+            xla = context.variant.parameters >= XLA_FROM_PARAMETERS
         settings = {
             "data": list(data), "val_data": list(val_data or []), "val_split": val_split, "steps": steps,
             "batch_size": batch_size, "grad_accum": grad_accum, "seq_len": seq_len, "lr": lr,

@@ -361,7 +361,9 @@ def training_options(default_lr: float, operation: str):
                      help="Checkpoint every N steps, for --resume (0: none)."),
         click.option("--resume", is_flag=True, help="Continue the interrupted run with the same parent, data and options."),
         device_option,
-        click.option("--xla", is_flag=True, help="Compile the training step with XLA (slower start, faster steps)."),
+        click.option("--xla/--no-xla", default=None,
+                     help="Compile the training step with XLA: slower start, faster steps "
+                          "(default: on for models of 100M parameters or more)."),
         click.option("--name", default=None, help=f"Registered model for the result (default: PARENT-{operation})."),
     ]
 
