@@ -47,6 +47,9 @@ def quantize(preset_dir, mode: str, calibration: list[list[int]] | None = None):
         if not calibration:
             raise UsageError(f"--mode {mode} needs --calibration PATH (text to calibrate on)")
         lm.backbone.quantize(mode, config=_calibration_config(lm, mode, calibration))
+        for layer in lm.backbone._flatten_layers(include_self=False):
+            if getattr(layer, "quantization_mode", None) in CALIBRATED:
+                _save_every_variable(layer)
     else:
         lm.backbone.quantize(mode)
     return lm
@@ -56,11 +59,36 @@ def _calibration_config(lm, mode: str, calibration: list[list[int]]):
     import keras
 
     samples = np.asarray(calibration, dtype="int32")
-    if mode == "gptq":
-        return keras.quantizers.GPTQConfig(dataset=samples, tokenizer=None, num_samples=len(samples),
-                                           sequence_length=samples.shape[1])
-    return keras.quantizers.AWQConfig(dataset=samples, tokenizer=None, num_samples=len(samples),
-                                      sequence_length=samples.shape[1])
+    config = keras.quantizers.GPTQConfig if mode == "gptq" else keras.quantizers.AWQConfig
+    # The tokenizer is not used on token ids, but Keras requires one. The backbone alone is
+    # quantized (KerasHub's tokenizer layer cannot be), so the layer structure that
+    # `GPT2CausalLM` describes is passed in.
+    return config(
+        dataset=samples, tokenizer=lm.preprocessor.tokenizer, num_samples=len(samples),
+        sequence_length=samples.shape[1], quantization_layer_structure=lm.get_quantization_layer_structure(mode),
+    )
+
+
+def _save_every_variable(layer) -> None:
+    """Save all of a GPTQ/AWQ layer's variables, in the order its loader reads them.
+
+    Keras 3.15 leaves `kernel_zero` out when saving a gptq or awq layer but
+    expects it when loading ("expected 6 variables, but received 5"), so such
+    a model could be saved and never loaded again.
+    """
+    spec = layer.variable_serialization_spec[layer.quantization_mode]
+
+    def save_own_variables(store):
+        index = 0
+        for name in spec:
+            if name == "bias" and layer.bias is None:
+                continue
+            if name != "kernel" and not hasattr(layer, name):
+                continue
+            store[str(index)] = layer._kernel if name == "kernel" else getattr(layer, name)
+            index += 1
+
+    object.__setattr__(layer, "save_own_variables", save_own_variables)
 
 
 def greedy_tokens_per_second(lm, prompt_ids: list[int], new_tokens: int = 32) -> float:
