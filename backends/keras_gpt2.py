@@ -51,7 +51,7 @@ def load(preset_dir: str | os.PathLike, dtype: str | None = None) -> "keras_hub.
 def save(lm, preset_dir: str | os.PathLike) -> None:
     """Save `lm` as a preset; a model trained under a mixed policy is saved as float32."""
     lm.save_to_preset(str(preset_dir))
-    if lm.backbone.dtype_policy.name != "float32":
+    if lm.backbone.dtype_policy.name.startswith("mixed_"):
         # The variables are float32 under a mixed policy: only the recorded policy changes.
         config_file = Path(preset_dir, "config.json")
         config = json.loads(config_file.read_text(encoding="utf-8"))

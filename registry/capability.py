@@ -51,6 +51,7 @@ class CapabilityResult:
     settings: dict[str, Any] = field(default_factory=dict)
     output: dict[str, Any] = field(default_factory=dict)
     discard_after_record: list[Path] = field(default_factory=list)  # folders the core removes once recorded
+    tags: dict[str, str] = field(default_factory=dict)  # searchable facts about the new variant (its quantization)
 
 
 Progress = Callable[..., None]
@@ -71,6 +72,16 @@ class RunContext:
         if self.variant is None:
             raise UsageError("this capability needs a model reference")
         return self.variant._registry.load(self.variant, dtype=dtype)
+
+    def parent_preset(self) -> Path:
+        """The parent variant's KerasHub preset folder, checked against its recorded hash."""
+        from registry import artifacts
+        from registry.errors import RegistryError
+
+        path = self.variant._registry.preset_path(self.variant)
+        if artifacts.content_hash(path) != self.variant.content_hash:
+            raise RegistryError(f"the weights of {self.variant.ref} do not match their recorded hash; run `gpt2reg doctor`")
+        return path
 
     def load_parent_model(self):
         """The variant's own parent (an adapter's base) as a plain ``GPT2CausalLM``."""

@@ -431,6 +431,31 @@ def merge(adapter_ref, name):
 
 @cli.command()
 @click.argument("ref")
+@click.option("--mode", required=True, help="int8 | int4 | float8 | gptq | awq | float16 | bfloat16")
+@click.option("--calibration", multiple=True, help="Text to calibrate gptq and awq on (repeatable).")
+@click.option("--calibration-samples", type=int, default=32, show_default=True)
+@click.option("--eval-data", multiple=True, help="Text for the perplexity before and after (default: embedded held-out text).")
+@click.option("--new-tokens", type=int, default=32, show_default=True, help="Tokens per greedy speed measurement.")
+@click.option("--name", default=None, help="Registered model for the result (default: PARENT-quantize).")
+@common
+def quantize(ref, mode, calibration, calibration_samples, eval_data, new_tokens, name):
+    """A quantized copy of REF, with size, perplexity and greedy speed before and after."""
+    variant = open_registry(progress=True).run(
+        "quantize", ref, name=name, mode=mode, calibration=list(calibration) or None,
+        calibration_samples=calibration_samples, eval_data=list(eval_data) or None, new_tokens=new_tokens,
+    )
+    metrics = variant.metrics
+
+    def human():
+        console().print(_variant_table([variant]))
+        click.echo(f"{mode}: {variant.size_bytes:,} bytes; perplexity {metrics['perplexity']:,.2f}; "
+                   f"greedy {metrics['greedy_tokens_per_second']:.1f} tokens/s ({metrics['speedup']:.2f}x the parent)")
+
+    emit(variant.to_dict(), human)
+
+
+@cli.command()
+@click.argument("ref")
 @click.option("--data", multiple=True, required=True, help="Text file, folder or JSONL (repeatable).")
 @click.option("--stride", type=int, default=None, help="Sliding-window stride for long texts (default: half the context).")
 @click.option("--batch-size", type=int, default=8, show_default=True)

@@ -22,6 +22,7 @@ DEFAULT_PLUGINS = (
     "plugins.tokenize",
     "plugins.generate",
     "plugins.finetune",
+    "plugins.quantize",
     "plugins.lora",
     "plugins.merge",
     "plugins.evaluate",

@@ -89,6 +89,7 @@ class Recorder:
         metrics.update(parameters=float(parameters), size_bytes=float(size_bytes))
         parent_refs = ",".join(p.ref for p, _ in parents)
         tags = {
+            **{f"{TAG_PREFIX}{key}": str(value) for key, value in result.tags.items()},
             **({f"{TAG_PREFIX}base_content_hash": parents[0][0].content_hash} if adapter else {}),
             f"{TAG_PREFIX}operation": operation,
             f"{TAG_PREFIX}kind": kind,
@@ -137,7 +138,8 @@ class Recorder:
                 run_id=run_id,
                 artifact_uri=run.info.artifact_uri,
                 metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
-                tags={"operation": operation, **({"base_content_hash": parents[0][0].content_hash} if adapter else {})},
+                tags={"operation": operation, **result.tags,
+                      **({"base_content_hash": parents[0][0].content_hash} if adapter else {})},
                 parents=edges,
             )
         except BaseException:

@@ -1,0 +1,101 @@
+"""Keras-native quantization of a KerasHub GPT-2, and the figures that judge it.
+
+Weight-only modes go through `Model.quantize` on the backbone (KerasHub's
+tokenizer layer cannot be quantized before first use): `int8`, `int4`,
+`float8`, and the calibrated `gptq` and `awq`. `float16` and `bfloat16` are
+dtype policies: the weights are stored in that type and computed in it.
+
+Example:
+    >>> from backends import keras_gpt2, quantization
+    >>> lm = quantization.quantize("base-preset", "int8")
+    >>> keras_gpt2.save(lm, "int8-preset")
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from backends import keras_gpt2
+from registry.errors import UsageError
+
+WEIGHT_MODES = ("int8", "int4", "float8", "gptq", "awq")
+DTYPE_MODES = ("float16", "bfloat16")
+MODES = WEIGHT_MODES + DTYPE_MODES
+CALIBRATED = ("gptq", "awq")
+
+
+def current_mode(lm) -> str | None:
+    """The quantization mode of a loaded model, or its low-precision dtype, or None for float32."""
+    for layer in lm.backbone._flatten_layers(include_self=False):
+        mode = getattr(layer, "quantization_mode", None)
+        if mode:
+            return mode
+    name = lm.backbone.dtype_policy.name
+    return name if name in DTYPE_MODES else None
+
+
+def quantize(preset_dir, mode: str, calibration: list[list[int]] | None = None):
+    """Load `preset_dir` and quantize it to `mode`; returns the quantized `GPT2CausalLM`."""
+    if mode not in MODES:
+        raise UsageError(f"unknown --mode {mode!r}; choose one of: {', '.join(MODES)}")
+    if mode in DTYPE_MODES:
+        return keras_gpt2.load(preset_dir, dtype=mode)
+    lm = keras_gpt2.load(preset_dir)
+    if mode in CALIBRATED:
+        if not calibration:
+            raise UsageError(f"--mode {mode} needs --calibration PATH (text to calibrate on)")
+        lm.backbone.quantize(mode, config=_calibration_config(lm, mode, calibration))
+        for layer in lm.backbone._flatten_layers(include_self=False):
+            if getattr(layer, "quantization_mode", None) in CALIBRATED:
+                _save_every_variable(layer)
+    else:
+        lm.backbone.quantize(mode)
+    return lm
+
+
+def _calibration_config(lm, mode: str, calibration: list[list[int]]):
+    import keras
+
+    samples = np.asarray(calibration, dtype="int32")
+    config = keras.quantizers.GPTQConfig if mode == "gptq" else keras.quantizers.AWQConfig
+    # The tokenizer is not used on token ids, but Keras requires one. The backbone alone is
+    # quantized (KerasHub's tokenizer layer cannot be), so the layer structure that
+    # `GPT2CausalLM` describes is passed in.
+    return config(
+        dataset=samples, tokenizer=lm.preprocessor.tokenizer, num_samples=len(samples),
+        sequence_length=samples.shape[1], quantization_layer_structure=lm.get_quantization_layer_structure(mode),
+    )
+
+
+def _save_every_variable(layer) -> None:
+    """Save all of a GPTQ/AWQ layer's variables, in the order its loader reads them.
+
+    Keras 3.15 leaves `kernel_zero` out when saving a gptq or awq layer but
+    expects it when loading ("expected 6 variables, but received 5"), so such
+    a model could be saved and never loaded again.
+    """
+    spec = layer.variable_serialization_spec[layer.quantization_mode]
+
+    def save_own_variables(store):
+        index = 0
+        for name in spec:
+            if name == "bias" and layer.bias is None:
+                continue
+            if name != "kernel" and not hasattr(layer, name):
+                continue
+            store[str(index)] = layer._kernel if name == "kernel" else getattr(layer, name)
+            index += 1
+
+    object.__setattr__(layer, "save_own_variables", save_own_variables)
+
+
+def greedy_tokens_per_second(lm, prompt_ids: list[int], new_tokens: int = 32) -> float:
+    """Batch-1 greedy decoding speed, after one warm-up call that traces the step."""
+    from backends import generation
+
+    generation.generate(lm, [prompt_ids], max_new_tokens=4, sampler="greedy")
+    started = time.perf_counter()
+    result = generation.generate(lm, [prompt_ids], max_new_tokens=new_tokens, sampler="greedy")[0]
+    return len(result.token_ids) / (time.perf_counter() - started)
