@@ -21,6 +21,12 @@ BACKBONE_CONFIG_KEYS = (
 # --precision names and the Keras dtype policies they select.
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
+# `quantize --mode` names: Keras weight quantization modes (the last two calibrated), then dtypes.
+QUANTIZATION_WEIGHT_MODES = ("int8", "int4", "float8", "gptq", "awq")
+QUANTIZATION_CALIBRATED = ("gptq", "awq")
+QUANTIZATION_DTYPES = ("float16", "bfloat16")
+QUANTIZATION_MODES = QUANTIZATION_WEIGHT_MODES + QUANTIZATION_DTYPES
+
 # LoRA target sets, by the names of KerasHub's GPT-2 layers.
 LORA_TARGETS = {
     "query,value": ("query", "value"),

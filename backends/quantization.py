@@ -18,22 +18,10 @@ import time
 import numpy as np
 
 from backends import keras_gpt2
+from backends.configs import QUANTIZATION_CALIBRATED as CALIBRATED
+from backends.configs import QUANTIZATION_DTYPES as DTYPE_MODES
+from backends.configs import QUANTIZATION_MODES as MODES
 from registry.errors import UsageError
-
-WEIGHT_MODES = ("int8", "int4", "float8", "gptq", "awq")
-DTYPE_MODES = ("float16", "bfloat16")
-MODES = WEIGHT_MODES + DTYPE_MODES
-CALIBRATED = ("gptq", "awq")
-
-
-def current_mode(lm) -> str | None:
-    """The quantization mode of a loaded model, or its low-precision dtype, or None for float32."""
-    for layer in lm.backbone._flatten_layers(include_self=False):
-        mode = getattr(layer, "quantization_mode", None)
-        if mode:
-            return mode
-    name = lm.backbone.dtype_policy.name
-    return name if name in DTYPE_MODES else None
 
 
 def quantize(preset_dir, mode: str, calibration: list[list[int]] | None = None):

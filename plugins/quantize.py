@@ -7,13 +7,12 @@ text before and after, and batch-1 greedy tokens/s before and after.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from backends.configs import QUANTIZATION_CALIBRATED as CALIBRATED
+from backends.configs import QUANTIZATION_MODES as MODES
 from registry import Capability, CapabilityResult, hookimpl
 from registry.errors import UsageError
-
-MODES = ("int8", "int4", "float8", "gptq", "awq", "float16", "bfloat16")
-CALIBRATED = ("gptq", "awq")
 EVALUATION_TOKENS = 2048  # of the default evaluation text: enough for a stable perplexity, quick to score
 SPEED_PROMPT = "The meaning of life is"
 
@@ -72,13 +71,14 @@ class Quantize(Capability):
 
         prompt = encode(SPEED_PROMPT)
         new_tokens = min(new_tokens, context_length - len(prompt))
-        parent = context.load_model()
+        parent_preset = context.parent_preset()  # hash-checked once, loaded for each side
+        parent = keras_gpt2.load(parent_preset)
         parent_metrics = {
             "perplexity": scoring.score(parent, evaluation).perplexity,
             "greedy_tokens_per_second": quantization.greedy_tokens_per_second(parent, prompt, new_tokens),
         }
         del parent
-        lm = quantization.quantize(context.parent_preset(), mode, samples)
+        lm = quantization.quantize(parent_preset, mode, samples)
         metrics = {
             "perplexity": scoring.score(lm, evaluation).perplexity,
             "greedy_tokens_per_second": quantization.greedy_tokens_per_second(lm, prompt, new_tokens),
