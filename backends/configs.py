@@ -83,3 +83,7 @@ def get_config(name: str) -> dict:
         raise UsageError(
             f"unknown configuration {name!r}; choose one of: {', '.join(CONFIGS)}"
         ) from None
+
+# `gpt2reg export --format`: the formats, and the weight types `--quantize` may ask of each.
+EXPORT_FORMATS = ("keras", "hf", "savedmodel", "tflite", "onnx")
+EXPORT_QUANTIZATION = {"tflite": ("float16", "int8"), "onnx": ("int8",)}

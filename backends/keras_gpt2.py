@@ -43,7 +43,11 @@ def load(preset_dir: str | os.PathLike, dtype: str | None = None) -> "keras_hub.
     preset_dir = str(preset_dir)
     if not Path(preset_dir, "config.json").is_file():
         raise NotFoundError(f"{preset_dir} is not a model folder (no config.json)")
-    lm = keras_hub.models.GPT2CausalLM.from_preset(preset_dir, **({"dtype": dtype} if dtype else {}))
+    overrides = {"dtype": dtype} if dtype else {}
+    config = json.loads(Path(preset_dir, "config.json").read_text(encoding="utf-8"))
+    if config.get("model_type") == "gpt2":  # a Hugging Face folder (an `hf` export)
+        overrides.update(_hf_overrides(Path(preset_dir), config))
+    lm = keras_hub.models.GPT2CausalLM.from_preset(preset_dir, **overrides)
     _fit_preprocessor_to_context(lm)
     return lm
 

@@ -52,13 +52,16 @@ class Quantize(Capability):
         variant = context.variant
         if variant.kind == "adapter":
             raise UsageError(f"{variant.ref} is a LoRA adapter; merge it first (`gpt2reg merge {variant.ref}`)")
+        if variant.kind == "export":
+            raise UsageError(f"{variant.ref} is an export; quantize its source {variant.parent} "
+                             "(or export with --quantize)")
         already = variant.tags.get("quantization")
         if already == mode:
             raise UsageError(f"{variant.ref} is already quantized to {mode}; quantize its float parent instead")
         if already:
             raise UsageError(f"{variant.ref} is already quantized ({already}); quantize its float parent instead")
         context_length = variant.config.get("max_sequence_length", 1024)
-        evaluation = _evaluation_documents(eval_data, text_field)
+        evaluation = evaluation_documents(eval_data, text_field)
         samples = None
         if calibration:
             length = min(context_length, 256)
@@ -95,7 +98,7 @@ class Quantize(Capability):
         )
 
 
-def _evaluation_documents(eval_data, text_field) -> list[list[int]]:
+def evaluation_documents(eval_data, text_field) -> list[list[int]]:
     from registry.data import read_texts, tokenize_documents
 
     if eval_data:

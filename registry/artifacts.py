@@ -8,25 +8,35 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import uuid
 from pathlib import Path
 
-WEIGHT_SUFFIXES = (".h5", ".safetensors")
+# Weight files of every kind of variant: KerasHub presets and adapters (.h5), Hugging
+# Face folders (.safetensors), exports (.tflite, .onnx, a SavedModel's graph and
+# variables). Tokenizer files are not weights and do not enter the hash.
+WEIGHT_SUFFIXES = (".h5", ".safetensors", ".tflite", ".onnx", ".pb", ".index")
+SAVEDMODEL_DATA_PREFIX = "variables.data-"
 MANIFEST = "gpt2reg.json"
 MODEL_ARTIFACT = "model"  # the MLflow pyfunc model inside a variant's run
 # Where the KerasHub preset sits inside a run's artifacts (the pyfunc model's own artifact).
 PRESET_ARTIFACT = "preset"  # the pyfunc model's artifact name for the KerasHub preset
 PRESET_PATH = f"{MODEL_ARTIFACT}/artifacts/{PRESET_ARTIFACT}"
 ADAPTER_PATH = "adapter"  # an adapter variant's files (no pyfunc model: serve its merged variant)
+EXPORT_PATH = "export"  # an exported variant's files, exactly as `gpt2reg export --out` wrote them
 
 
 def weights_path(kind: str) -> str:
     """Where a variant's loadable files sit inside its run's artifacts."""
-    return ADAPTER_PATH if kind == "adapter" else PRESET_PATH
+    return {"adapter": ADAPTER_PATH, "export": EXPORT_PATH}.get(kind, PRESET_PATH)
 
 
 def weight_files(folder: str | os.PathLike) -> list[Path]:
     root = Path(folder)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    return sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and (p.name.endswith(WEIGHT_SUFFIXES) or p.name.startswith(SAVEDMODEL_DATA_PREFIX))
+    )
 
 
 def content_hash(folder: str | os.PathLike) -> str:
@@ -54,3 +64,29 @@ def fsync_tree(folder: str | os.PathLike) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def stage_delivery(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Copy `source` beside `destination` under a hidden partial name, flushed to disk.
+
+    `publish_delivery` then gives it the final name in one rename, so the
+    destination is either absent or complete, never half-copied.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copytree(source, partial)
+        fsync_tree(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return partial
+
+
+def publish_delivery(partial: Path, destination: str | os.PathLike) -> Path:
+    destination = Path(destination)
+    if destination.is_dir() and not any(destination.iterdir()):
+        destination.rmdir()  # an empty folder the user made for the export
+    os.replace(partial, destination)
+    return destination

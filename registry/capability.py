@@ -42,6 +42,9 @@ class CapabilityResult:
     - ``output``: JSON-ready data for the caller (generated text, ids, ...).
     - ``discard_after_record``: folders (training checkpoints) to remove once
       the variant is committed, and only then.
+    - ``deliver_to``: a folder outside the home the user asked for (an export's
+      ``--out``); once the variant is committed the core copies ``preset_dir``
+      there, whole or not at all.
     """
 
     preset_dir: Path | None = None
@@ -52,6 +55,7 @@ class CapabilityResult:
     output: dict[str, Any] = field(default_factory=dict)
     discard_after_record: list[Path] = field(default_factory=list)  # folders the core removes once recorded
     tags: dict[str, str] = field(default_factory=dict)  # searchable facts about the new variant (its quantization)
+    deliver_to: Path | None = None
 
 
 Progress = Callable[..., None]

@@ -456,6 +456,67 @@ def quantize(ref, mode, calibration, calibration_samples, eval_data, new_tokens,
 
 @cli.command()
 @click.argument("ref")
+@click.option("--format", "format_", required=True, help="keras | hf | savedmodel | tflite | onnx")
+@click.option("--out", required=True, help="New (or empty) folder for the exported files.")
+@click.option("--quantize", default=None, help="tflite: float16 | int8; onnx: int8 (weights only).")
+@click.option("--eval-data", multiple=True, help="Text for the perplexity check (default: embedded held-out text).")
+@click.option("--new-tokens", type=int, default=32, show_default=True, help="Tokens per greedy speed measurement.")
+@click.option("--name", default=None, help="Registered model for the export (default: PARENT-export).")
+@common
+def export(ref, format_, out, quantize, eval_data, new_tokens, name):
+    """Write REF as FORMAT into OUT, checked in its own runtime against REF; registered as a variant."""
+    variant = open_registry(progress=True).run(
+        "export", ref, name=name, format=format_, out=out, quantize=quantize,
+        eval_data=list(eval_data) or None, new_tokens=new_tokens,
+    )
+    metrics = variant.metrics
+
+    def human():
+        console().print(_variant_table([variant]))
+        click.echo(f"{format_} ({variant.tags.get('weights')}) in {out}: {variant.size_bytes:,} bytes; "
+                   f"largest logit difference {metrics['max_abs_logit_diff']:.2e}, top-1 agreement "
+                   f"{metrics['top1_agreement']:.1%}; perplexity {metrics['perplexity']:,.2f}; "
+                   f"greedy {metrics['greedy_tokens_per_second']:.1f} tokens/s ({metrics['speedup']:.2f}x the source in Keras)")
+
+    emit({**variant.to_dict(), "out": out}, human)
+
+
+COMPARED_METRICS = ("perplexity", "greedy_tokens_per_second", "speedup", "max_abs_logit_diff", "top1_agreement",
+                    "best_val_loss")
+
+
+@cli.command()
+@click.argument("refs", nargs=-1, required=True)
+@common
+def compare(refs):
+    """Side by side: size, parameters and the recorded metrics of each REF."""
+    reg = open_registry()
+    variants = [reg.get(ref) for ref in refs]
+    rows = [v.to_dict() for v in variants]
+    names = [m for m in COMPARED_METRICS if any(m in v.metrics for v in variants)]
+    names += sorted({m for v in variants for m in v.metrics} - set(names) - {"parameters", "size_bytes"})
+
+    def human():
+        from rich.table import Table
+
+        table = Table()
+        table.add_column("")
+        for v in variants:
+            table.add_column(v.ref, justify="right")
+        table.add_row("operation", *(v.operation + (f" ({v.tags['format']})" if "format" in v.tags else "")
+                                     for v in variants))
+        table.add_row("weights", *(v.tags.get("weights") or v.tags.get("quantization") or "float32" for v in variants))
+        table.add_row("parameters", *(f"{v.parameters:,}" for v in variants))
+        table.add_row("size", *(human_size(v.size_bytes) for v in variants))
+        for metric in names:
+            table.add_row(metric, *(f"{v.metrics[metric]:,.4g}" if metric in v.metrics else "-" for v in variants))
+        console().print(table)
+
+    emit({"variants": rows, "metrics": names}, human)
+
+
+@cli.command()
+@click.argument("ref")
 @click.option("--data", multiple=True, required=True, help="Text file, folder or JSONL (repeatable).")
 @click.option("--stride", type=int, default=None, help="Sliding-window stride for long texts (default: half the context).")
 @click.option("--batch-size", type=int, default=8, show_default=True)

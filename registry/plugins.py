@@ -23,6 +23,7 @@ DEFAULT_PLUGINS = (
     "plugins.generate",
     "plugins.finetune",
     "plugins.quantize",
+    "plugins.export",
     "plugins.lora",
     "plugins.merge",
     "plugins.evaluate",

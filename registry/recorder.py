@@ -23,7 +23,7 @@ from registry.tracking import TAG_PREFIX
 if TYPE_CHECKING:
     from registry.sdk import Registry, Variant
 
-from registry.artifacts import ADAPTER_PATH, MANIFEST, MODEL_ARTIFACT
+from registry.artifacts import MANIFEST, MODEL_ARTIFACT, weights_path
 
 
 def read_backbone_config(preset_dir: Path) -> dict:
@@ -63,8 +63,8 @@ class Recorder:
         lineage = self.registry.lineage_store
         preset_dir = Path(result.preset_dir)
         adapter = kind == "adapter"
-        # An adapter has no model config of its own: it is its base's shape plus the factors.
-        config = dict(parents[0][0].config) if adapter else read_backbone_config(preset_dir)
+        # Adapters and exports have no KerasHub config of their own: they keep their parent's shape.
+        config = read_backbone_config(preset_dir) if kind == "full" else dict(parents[0][0].config)
         parameters = int(result.metrics.get("parameters") or parameter_count(config))
         content_hash = artifacts.content_hash(preset_dir)
         manifest = {
@@ -77,8 +77,8 @@ class Recorder:
             "created": datetime.now(timezone.utc).isoformat(),
         }
         (preset_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-        if adapter:
-            model_dir, artifact_path = preset_dir, ADAPTER_PATH
+        if kind != "full":  # no pyfunc model: the files are logged as they are
+            model_dir, artifact_path = preset_dir, weights_path(kind)
         else:
             model_dir, artifact_path = staging / MODEL_ARTIFACT, MODEL_ARTIFACT
             serving.save_pyfunc(preset_dir, model_dir)

@@ -25,6 +25,8 @@ from registry.errors import NotFoundError, RegistryError, RunFailed, UsageError
 from registry.home import Home
 from registry.lineage import LineageVariant
 
+KERAS_LOADABLE_EXPORTS = ("keras", "hf")  # export formats that are also KerasHub-loadable checkpoints
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -76,6 +78,7 @@ class Variant:
             "content_hash": self.content_hash,
             "metrics": dict(self.metrics),
             "config": dict(self.config),
+            "tags": dict(self.tags),
             "run_id": self.run_id,
             "uri": self.uri,
             "created_at": self.created_at.isoformat() if self.created_at else None,
@@ -212,6 +215,11 @@ class Registry:
             raise RegistryError(
                 f"the weights of {variant.ref} do not match their recorded hash (damaged files); run `gpt2reg doctor`"
             )
+        if variant.kind == "export" and variant.tags.get("format") not in KERAS_LOADABLE_EXPORTS:
+            raise UsageError(
+                f"{variant.ref} is a {variant.tags.get('format')} export, which Keras does not load; "
+                f"use its source {variant.parent}, or run the files with their own runtime"
+            )
         if variant.kind != "adapter":
             return keras_gpt2.load(path, dtype=dtype)
         from backends import lora
@@ -309,10 +317,11 @@ class Registry:
             preset = Path(scratch) / "preset"
             description = keras_gpt2.import_model(source, preset)
             self.init()
+            parents, provenance = self._provenance(source)
             with self._staging() as staging:
                 shutil.move(str(preset), staging / "preset")
-                result = CapabilityResult(preset_dir=staging / "preset", settings=description)
-                return self._record(name=name, operation="import", parents=[], result=result, staging=staging)
+                result = CapabilityResult(preset_dir=staging / "preset", settings={**description, **provenance})
+                return self._record(name=name, operation="import", parents=parents, result=result, staging=staging)
 
     def run(self, capability: str, variant: "str | Variant | None" = None, *, name: str | None = None,
             device: str = "auto", **options) -> "Variant | CapabilityResult":
@@ -350,8 +359,8 @@ class Registry:
                     if not chief:
                         hooks.after_run(capability=cap, variant=parent, result=result, new_variant=None)
                         return result
-                    new = self._record(name=name, operation=cap.operation, parents=[(parent, "parent")],
-                                       result=result, staging=staging, kind=cap.variant_kind)
+                    new = self._record_and_deliver(name=name, operation=cap.operation, parent=parent,
+                                                   result=result, staging=staging, kind=cap.variant_kind)
                     for folder in result.discard_after_record:
                         shutil.rmtree(folder, ignore_errors=True)
             else:
@@ -364,6 +373,69 @@ class Registry:
             raise
         hooks.after_run(capability=cap, variant=parent, result=result, new_variant=new)
         return new if new is not None else result
+
+    def _record_and_deliver(self, *, name, operation, parent, result: CapabilityResult, staging, kind) -> Variant:
+        """Record the result; copy it to `result.deliver_to` too, both or neither."""
+        from registry import artifacts
+        from registry.artifacts import MANIFEST
+
+        partial = artifacts.stage_delivery(result.preset_dir, result.deliver_to) if result.deliver_to else None
+        try:
+            new = self._record(name=name, operation=operation, parents=[(parent, "parent")], result=result,
+                               staging=staging, kind=kind)
+            if partial is not None:
+                # The recorder wrote the manifest after the copy was staged; the delivered
+                # copy also names the variant it is, so importing it back can link to it.
+                shutil.copy2(Path(result.preset_dir) / MANIFEST, partial / MANIFEST)
+                self._stamp_manifest(partial, new)
+                artifacts.publish_delivery(partial, result.deliver_to)
+        except BaseException:
+            if partial is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+        return new
+
+    @staticmethod
+    def _stamp_manifest(folder: Path, variant: Variant) -> None:
+        import json
+
+        from registry.artifacts import MANIFEST
+
+        manifest_file = folder / MANIFEST
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        manifest.update(ref=variant.ref, name=variant.name, version=variant.version)
+        manifest_file.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+
+    def _provenance(self, source: str) -> tuple[list, dict]:
+        """Where an imported folder came from, when a registry wrote it (an export's manifest).
+
+        The folder's variant becomes the import's parent (role ``source``) when it
+        is in this registry and the folder still holds exactly its weights.
+        """
+        import json
+
+        from registry import artifacts
+
+        manifest_file = Path(source).expanduser() / artifacts.MANIFEST
+        if not manifest_file.is_file():
+            return [], {}
+        try:
+            manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+            recorded_ref, recorded_hash = manifest.get("ref"), manifest["content_hash"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return [], {"provenance": "unreadable gpt2reg manifest"}
+        intact = artifacts.content_hash(manifest_file.parent) == recorded_hash
+        settings = {"exported_from": recorded_ref or [p.get("ref") for p in manifest.get("parents", [])],
+                    "files_match_export": intact}
+        if not (intact and recorded_ref and self.home.exists()):
+            return [], settings
+        try:
+            origin = self.get(recorded_ref)
+        except (NotFoundError, UsageError):
+            return [], settings
+        if origin.content_hash != recorded_hash:
+            return [], settings  # a different registry's variant of the same name
+        return [(origin, "source")], settings
 
     def record_metrics(self, variant: "str | Variant", metrics: dict[str, float], *, data_digest: str | None = None) -> Variant:
         """Attach evaluation figures to an existing variant (its MLflow run and lineage row)."""

@@ -31,7 +31,7 @@ from sqlalchemy.types import TypeDecorator
 
 from registry.lineage.entities import LineageEdge, LineageVariant
 
-KINDS = ("full", "adapter")
+KINDS = ("full", "adapter", "export")
 OPERATIONS = ("create", "import", "finetune", "lora", "merge", "quantize", "distill", "export")
 
 # Named constraints keep migrations portable: SQLite batch mode and Postgres

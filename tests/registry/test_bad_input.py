@@ -40,6 +40,12 @@ LONG_PROMPT = "word " * 120  # 120 tokens: with 16 new ones, past the 128-token 
         (["lora", "fx", "--data", "{text}", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
         (["evaluate", "fx", "--data", "{text}", "--device", "tpu"], "no TPU found"),
         (["generate", "fx", "hi", "--device", "gpu"], "no GPU is visible"),
+        (["export", "nope", "--format", "onnx", "--out", "{tmp}/x"], "no variant nope"),
+        (["export", "fx", "--format", "pb", "--out", "{tmp}/x"], "unknown --format 'pb'"),
+        (["export", "fx", "--format", "savedmodel", "--quantize", "int8", "--out", "{tmp}/x"], "--quantize does not apply"),
+        (["export", "fx", "--format", "tflite", "--quantize", "int4", "--out", "{tmp}/x"], "takes --quantize float16 or int8"),
+        (["export", "fx", "--format", "onnx", "--out", "{folder}"], "not an empty folder"),
+        (["export", "fx", "--format", "onnx", "--out", "{home}/exports"], "inside the registry home"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_changes_nothing(gpt2reg, imported_home, text_file, tmp_path, args, message):
@@ -48,13 +54,14 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(gpt2reg, imported_h
     folder = tmp_path / "not-a-checkpoint"
     folder.mkdir()
     (folder / "notes.txt").write_text("hello")
-    args = [a.format(empty=empty, folder=folder, text=text_file) for a in args]
+    args = [a.format(empty=empty, folder=folder, text=text_file, tmp=tmp_path, home=imported_home) for a in args]
     before = store_snapshot(imported_home)
     result = gpt2reg(*args, "--home", imported_home)
     assert result.exit_code == 2, result
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:") or line.startswith("Error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert store_snapshot(imported_home) == before
+    assert not (tmp_path / "x").exists()
 
 
 def test_reading_an_empty_home_creates_nothing(gpt2reg, tmp_path):

@@ -1,0 +1,120 @@
+"""`export`: a variant in the file format a deployment needs, checked against its source.
+
+Each export is registered as a variant of its own (kind ``export``, tag
+``format``) and its files are logged to MLflow; the core copies them to
+``--out`` once they are recorded. Before it is recorded every export is run
+back in its own runtime (Keras, TensorFlow, LiteRT, onnxruntime) and compared
+with the source model in Keras: the largest logit difference and the share of
+positions whose top token agrees, the perplexity on the same evaluation text,
+and batch-1 greedy tokens/s, all measured in this run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends.configs import EXPORT_FORMATS, EXPORT_QUANTIZATION, QUANTIZATION_DTYPES
+from registry import Capability, CapabilityResult, hookimpl
+from registry.errors import UsageError
+
+PROBE_TOKENS = 64  # positions compared logit by logit with the source
+
+
+class Export(Capability):
+    name = "export"
+    operation = "export"
+    variant_kind = "export"
+
+    @dataclass
+    class Options:
+        format: str = ""
+        out: str = ""
+        quantize: str | None = None  # tflite: float16 | int8; onnx: int8 (weights only, dynamic range)
+        eval_data: list[str] | None = None  # default: held-out text of the embedded corpus
+        new_tokens: int = 32  # generated per speed measurement
+        text_field: str = "text"
+
+        def __post_init__(self):
+            if isinstance(self.eval_data, str):
+                self.eval_data = [self.eval_data]
+            if self.format not in EXPORT_FORMATS:
+                raise UsageError(f"unknown --format {self.format!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+            allowed = EXPORT_QUANTIZATION.get(self.format, ())
+            if self.quantize is not None and self.quantize not in allowed:
+                if not allowed:
+                    raise UsageError(f"--quantize does not apply to --format {self.format}; it applies to tflite and onnx")
+                raise UsageError(f"--format {self.format} takes --quantize {' or '.join(allowed)}, not {self.quantize!r}")
+            if not self.out:
+                raise UsageError("export needs --out DIR (a new or empty folder for the files)")
+            out = Path(self.out).expanduser()
+            if out.exists() and (not out.is_dir() or any(out.iterdir())):
+                raise UsageError(f"--out {out} already exists and is not an empty folder; choose a new folder")
+            self.out = str(out.absolute())
+            if self.new_tokens < 1:
+                raise UsageError("--new-tokens must be at least 1")
+
+    def run(self, context, *, format, out, quantize, eval_data, new_tokens, text_field):
+        variant = context.variant
+        if variant.kind == "adapter":
+            raise UsageError(f"{variant.ref} is a LoRA adapter; merge it first (`gpt2reg merge {variant.ref}`)")
+        if variant.kind == "export":
+            raise UsageError(f"{variant.ref} is already an export; export its source {variant.parent} instead")
+        quantized = variant.tags.get("quantization")
+        if quantized and quantized not in QUANTIZATION_DTYPES and format != "keras":
+            raise UsageError(
+                f"{variant.ref} holds Keras {quantized} weights, which only the keras format keeps; "
+                f"export its float parent {variant.parent} with --quantize instead"
+            )
+        home = variant._registry.home
+        if home.is_local and Path(out).resolve().is_relative_to(home.path.resolve()):
+            raise UsageError(f"--out {out} is inside the registry home; choose a folder outside it")
+
+        from backends import export, keras_gpt2, quantization, scoring
+        from backends.tokenizer import encode
+        from plugins.quantize import SPEED_PROMPT, evaluation_documents
+
+        context_length = variant.config.get("max_sequence_length", 1024)
+        documents = evaluation_documents(eval_data, text_field)
+        prompt = encode(SPEED_PROMPT)
+        new_tokens = min(new_tokens, context_length - len(prompt))
+        parent_preset = context.parent_preset()
+
+        context.progress(description=f"exporting {variant.ref} as {format}")
+        folder = export.export(parent_preset, format, context.workdir / "export", quantize=quantize)
+
+        source = keras_gpt2.load(parent_preset)
+        probe = documents[0][:min(PROBE_TOKENS, context_length)]
+        source_logits = export.open_runtime(parent_preset, "keras").logits([probe])
+        parent_metrics = {
+            "perplexity": scoring.score(source, documents).perplexity,
+            "greedy_tokens_per_second": quantization.greedy_tokens_per_second(source, prompt, new_tokens),
+        }
+        del source
+
+        context.progress(description=f"checking the {format} export in its own runtime")
+        runtime = export.open_runtime(folder, format)
+        logits = runtime.logits([probe])
+        metrics = {
+            "max_abs_logit_diff": float(abs(logits - source_logits).max()),
+            "top1_agreement": float((logits.argmax(-1) == source_logits.argmax(-1)).mean()),
+            "perplexity": export.runtime_perplexity(runtime, documents, context_length),
+            "greedy_tokens_per_second": export.greedy_tokens_per_second(runtime, prompt, new_tokens),
+        }
+        metrics["speedup"] = metrics["greedy_tokens_per_second"] / parent_metrics["greedy_tokens_per_second"]
+        del runtime
+        weights = quantize or variant.tags.get("quantization") or "float32"
+        return CapabilityResult(
+            preset_dir=folder, metrics=metrics, parent_metrics=parent_metrics,
+            settings={"format": format, "quantize": quantize, "weights": weights, "out": out,
+                      "eval_data": list(eval_data or ["embedded held-out text"]), "probe_tokens": len(probe),
+                      "speed_prompt": SPEED_PROMPT, "new_tokens": new_tokens,
+                      "greedy_decoding": "key/value cache" if format in ("keras", "hf", "savedmodel") else "full recompute per token"},
+            tags={"format": format, "weights": weights},
+            deliver_to=Path(out),
+        )
+
+
+@hookimpl
+def register_capabilities(register):
+    register(Export)
