@@ -87,3 +87,15 @@ def get_config(name: str) -> dict:
 # `gpt2reg export --format`: the formats, and the weight types `--quantize` may ask of each.
 EXPORT_FORMATS = ("keras", "hf", "savedmodel", "tflite", "onnx")
 EXPORT_QUANTIZATION = {"tflite": ("float16", "int8"), "onnx": ("int8",)}
+
+
+def export_options_problem(fmt: str, quantize: str | None) -> str | None:
+    """What is wrong with `--format fmt --quantize quantize`, or None."""
+    if fmt not in EXPORT_FORMATS:
+        return f"unknown --format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}"
+    allowed = EXPORT_QUANTIZATION.get(fmt, ())
+    if quantize is not None and quantize not in allowed:
+        if not allowed:
+            return f"--quantize does not apply to --format {fmt}; it applies to tflite and onnx"
+        return f"--format {fmt} takes --quantize {' or '.join(allowed)}, not {quantize!r}"
+    return None

@@ -13,8 +13,9 @@ Formats (`backends.configs.EXPORT_FORMATS`):
   key/value cache), callable with `tf.saved_model.load` alone.
 - ``tflite``: the ``score`` signature converted by `TFLiteConverter`:
   float32, float16 weights, or dynamic-range int8 weights.
-- ``onnx``: the ``score`` function converted by tf2onnx (opset 17), optionally
-  with int8 weights by onnxruntime's dynamic quantization.
+- ``onnx``: the same ``score`` graph written with `onnx.helper` (opset 17; see
+  `backends.onnx_graph` for why not tf2onnx), optionally with int8 weights by
+  onnxruntime's dynamic quantization.
 
 `open_runtime` loads any export with its own runtime (Keras, TensorFlow,
 LiteRT, onnxruntime) behind one `logits(token_ids)` call, so every export can
@@ -39,13 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from backends import keras_gpt2
-from backends.configs import END_OF_TEXT_ID, EXPORT_FORMATS, EXPORT_QUANTIZATION
+from backends.configs import END_OF_TEXT_ID, export_options_problem
 from registry.errors import UsageError
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-ONNX_OPSET = 17
 FILE_NAMES = {"tflite": "model.tflite", "onnx": "model.onnx"}
 
 
@@ -72,13 +72,9 @@ def export(preset_dir, fmt: str, out_dir, quantize: str | None = None) -> Path:
 
 
 def check_format(fmt: str, quantize: str | None) -> None:
-    if fmt not in EXPORT_FORMATS:
-        raise UsageError(f"unknown --format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
-    allowed = EXPORT_QUANTIZATION.get(fmt, ())
-    if quantize is not None and quantize not in allowed:
-        if not allowed:
-            raise UsageError(f"--quantize does not apply to --format {fmt}; it applies to tflite and onnx")
-        raise UsageError(f"--format {fmt} takes --quantize {' or '.join(allowed)}, not {quantize!r}")
+    problem = export_options_problem(fmt, quantize)
+    if problem:
+        raise UsageError(problem)
 
 
 # ---------------------------------------------------------------- hf
@@ -214,47 +210,33 @@ def _tflite_bytes(saved_model: Path, quantize: str | None) -> bytes:
 
 
 def _export_onnx(lm, path: Path, quantize: str | None) -> None:
-    import tf2onnx
+    import onnx
+    from keras_hub.src.utils.transformers.export.gpt2 import get_gpt2_weights_map
 
-    score = _score_function(lm)
+    from backends import onnx_graph
+
+    backbone = lm.backbone
+    # KerasHub's own Keras -> Hugging Face weight mapping (the one `hf` exports use).
+    tensors = {name: np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float32)
+               for name, value in get_gpt2_weights_map(backbone).items()}
+    model = onnx_graph.build(tensors, num_layers=backbone.num_layers, num_heads=backbone.num_heads)
+    del tensors
     with tempfile.TemporaryDirectory(prefix="gpt2reg-onnx-") as scratch:
         float_path = Path(scratch) / "model.onnx" if quantize else path
-        tf2onnx.convert.from_function(score, input_signature=score.input_signature, opset=ONNX_OPSET,
-                                      output_path=str(float_path))
-        _share_tied_embedding(float_path)
+        onnx.save(model, str(float_path))
+        del model
         if quantize == "int8":
+            import logging
+
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(str(float_path), str(path), weight_type=QuantType.QInt8)
-
-
-def _share_tied_embedding(path: Path) -> None:
-    """Make the output projection read the input embedding instead of a transposed copy.
-
-    tf2onnx folds the transposed table into a second constant (a second copy of
-    the largest tensor in the model); a `Gemm` with `transB=1` reads the original.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    gathered = {node.input[0] for node in graph.node if node.op_type == "Gather" and node.input[0] in initializers}
-    for position, node in enumerate(graph.node):
-        if node.op_type != "MatMul" or node.input[1] not in initializers:
-            continue
-        weight = numpy_helper.to_array(initializers[node.input[1]])
-        for name in gathered:
-            table = initializers[name]
-            if list(table.dims) == list(weight.shape[::-1]) and np.array_equal(numpy_helper.to_array(table).T, weight):
-                gemm = helper.make_node("Gemm", [node.input[0], name], list(node.output), name=node.name, transB=1)
-                graph.node.remove(node)
-                graph.node.insert(position, gemm)
-                if not any(node.input[1] in n.input for n in graph.node):
-                    graph.initializer.remove(initializers[node.input[1]])
-                onnx.save(model, str(path))
-                return
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.ERROR)  # its advice to pre-process is for convolutional models
+            try:
+                quantize_dynamic(str(float_path), str(path), weight_type=QuantType.QInt8)
+            finally:
+                root.setLevel(level)
 
 
 # ---------------------------------------------------------------- running exports back

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.configs import EXPORT_FORMATS, EXPORT_QUANTIZATION, QUANTIZATION_DTYPES
+from backends.configs import QUANTIZATION_DTYPES, export_options_problem
 from registry import Capability, CapabilityResult, hookimpl
 from registry.errors import UsageError
 
@@ -38,13 +38,9 @@ class Export(Capability):
         def __post_init__(self):
             if isinstance(self.eval_data, str):
                 self.eval_data = [self.eval_data]
-            if self.format not in EXPORT_FORMATS:
-                raise UsageError(f"unknown --format {self.format!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
-            allowed = EXPORT_QUANTIZATION.get(self.format, ())
-            if self.quantize is not None and self.quantize not in allowed:
-                if not allowed:
-                    raise UsageError(f"--quantize does not apply to --format {self.format}; it applies to tflite and onnx")
-                raise UsageError(f"--format {self.format} takes --quantize {' or '.join(allowed)}, not {self.quantize!r}")
+            problem = export_options_problem(self.format, self.quantize)
+            if problem:
+                raise UsageError(problem)
             if not self.out:
                 raise UsageError("export needs --out DIR (a new or empty folder for the files)")
             out = Path(self.out).expanduser()
