@@ -30,6 +30,11 @@ def quantize(preset_dir, mode: str, calibration: list[list[int]] | None = None):
         raise UsageError(f"unknown --mode {mode!r}; choose one of: {', '.join(MODES)}")
     if mode in DTYPE_MODES:
         return keras_gpt2.load(preset_dir, dtype=mode)
+    import warnings
+
+    # Keras warns once per layer type it leaves alone (LayerNormalization, Dropout, ...):
+    # a dozen lines about layers that hold no weights to quantize.
+    warnings.filterwarnings("ignore", message=r"Layer \w+ does not have a `quantize` method implemented")
     lm = keras_gpt2.load(preset_dir)
     if mode in CALIBRATED:
         if not calibration:
