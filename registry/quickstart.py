@@ -1,9 +1,9 @@
 """`gpt2reg quickstart`: the whole pipeline on the embedded default, offline.
 
 create (tiny GPT-2, real BPE) -> evaluate -> finetune on the Python
-documentation -> LoRA adapter -> merge, every step a registered variant with
-lineage and held-out perplexity; then the lineage tree with perplexity and
-size, and how to open the MLflow UI.
+documentation -> LoRA adapter -> merge -> int8 quantization, every step a
+registered variant with lineage and held-out perplexity; then the lineage tree
+with perplexity and size, and how to open the MLflow UI.
 """
 
 from __future__ import annotations
@@ -30,30 +30,37 @@ def run_quickstart(reg, *, name: str = "quickstart", steps: int | None = None,
         result = reg.run("evaluate", variant, data=[str(heldout_file)])
         return reg.record_metrics(variant, result.metrics, data_digest=result.output["data_digest"])
 
-    say("1/5 create: a tiny GPT-2 (2 layers, 64 wide, 50,257-token BPE), random weights")
+    say("1/6 create: a tiny GPT-2 (2 layers, 64 wide, 50,257-token BPE), random weights")
     base = evaluate(reg.create(name, config="tiny", seed=0))
     say(f"    {base.ref}: held-out perplexity {base.metrics['perplexity']:,.1f}")
 
     steps = steps or DEFAULT_STEPS
-    say(f"2/5 finetune: {steps} steps on the training text")
+    say(f"2/6 finetune: {steps} steps on the training text")
     tuned = reg.run("finetune", base, name=f"{name}-finetune", data=[str(train_file)],
                     val_data=[str(heldout_file)], steps=steps, batch_size=8, lr=3e-3, seed=0)
     # finetune measured the held-out perplexity of parent and child already (val_data).
     say(f"    {tuned.ref}: held-out perplexity {tuned.metrics['perplexity']:,.1f}")
 
     lora_steps = max(steps // 2, 1)
-    say(f"3/5 lora: a rank-8 adapter on {tuned.ref}, {lora_steps} steps")
+    say(f"3/6 lora: a rank-8 adapter on {tuned.ref}, {lora_steps} steps")
     adapter = reg.run("lora", tuned, name=f"{name}-lora", data=[str(train_file)], val_data=[str(heldout_file)],
                       rank=8, steps=lora_steps, batch_size=8, lr=1e-2, seed=0)
     say(f"    {adapter.ref}: held-out perplexity {adapter.metrics['perplexity']:,.1f}, "
         f"{int(adapter.metrics['trainable_parameters']):,} trained weights, {adapter.size_bytes:,} bytes stored")
 
-    say(f"4/5 merge: fold {adapter.ref} into its base")
+    say(f"4/6 merge: fold {adapter.ref} into its base")
     merged = evaluate(reg.run("merge", adapter, name=f"{name}-merged"))
     say(f"    {merged.ref}: held-out perplexity {merged.metrics['perplexity']:,.1f}")
 
-    say("5/5 lineage")
-    graph = reg.lineage(merged)
+    say(f"5/6 quantize: {merged.ref} to int8 weights")
+    quantized = reg.run("quantize", merged, name=f"{name}-int8", mode="int8", eval_data=[str(heldout_file)],
+                        new_tokens=16)
+    say(f"    {quantized.ref}: held-out perplexity {quantized.metrics['perplexity']:,.1f}, "
+        f"{quantized.size_bytes:,} bytes against {merged.size_bytes:,}, "
+        f"greedy {quantized.metrics['speedup']:.2f}x the float32 speed")
+
+    say("6/6 lineage")
+    graph = reg.lineage(quantized)
     if show_tree:
         from registry.cli import console, lineage_tree
 
@@ -62,7 +69,7 @@ def run_quickstart(reg, *, name: str = "quickstart", steps: int | None = None,
     say(f"done in {seconds:.0f} s. Open the MLflow UI with:  gpt2reg ui --home {reg.home.path}")
     say(f"load it in Python:  from registry import Registry; Registry({str(reg.home.path)!r}).get({merged.name!r}).load()")
     return {
-        "variants": [base.to_dict(), tuned.to_dict(), adapter.to_dict(), merged.to_dict()],
+        "variants": [base.to_dict(), tuned.to_dict(), adapter.to_dict(), merged.to_dict(), quantized.to_dict()],
         "lineage": graph,
         "seconds": seconds,
         "corpus": origin,

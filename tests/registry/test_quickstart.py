@@ -1,4 +1,4 @@
-"""The main job, shortened: every step registered, perplexity at least halved."""
+"""The main job, shortened: every step registered, perplexity at least halved, int8 close to float32."""
 
 import pytest
 
@@ -8,7 +8,7 @@ def test_quickstart_registers_every_step_and_halves_perplexity(gpt2reg, tmp_path
     result = gpt2reg("quickstart", "--steps", 40, "--json", "--home", home)
     assert result.exit_code == 0, result
     summary = result.json()
-    base, tuned, adapter, merged = summary["variants"]
+    base, tuned, adapter, merged, quantized = summary["variants"]
     assert base["operation"] == "create" and tuned["operation"] == "finetune" and tuned["parents"] == [base["ref"]]
     assert adapter["kind"] == "adapter" and adapter["parents"] == [tuned["ref"]]
     assert merged["operation"] == "merge" and merged["parents"] == [adapter["ref"]]
@@ -16,7 +16,11 @@ def test_quickstart_registers_every_step_and_halves_perplexity(gpt2reg, tmp_path
     # The merged model scores what the adapter on its base scored, on the same text.
     assert merged["metrics"]["perplexity"] == pytest.approx(adapter["metrics"]["perplexity"], rel=1e-4)
     edge = summary["lineage"]["edges"][0]
-    assert [e["operation"] for e in summary["lineage"]["edges"]] == ["finetune", "lora", "merge"]
+    assert [e["operation"] for e in summary["lineage"]["edges"]] == ["finetune", "lora", "merge", "quantize"]
+    # int8 weights: a smaller file that scores about what its float parent scores.
+    assert quantized["parents"] == [merged["ref"]] and quantized["tags"]["quantization"] == "int8"
+    assert quantized["size_bytes"] < 0.6 * merged["size_bytes"]
+    assert quantized["metrics"]["perplexity"] == pytest.approx(merged["metrics"]["perplexity"], rel=0.02)
     # Parent and child were measured the same way on the same held-out text.
     assert edge["metric_deltas"]["perplexity"] == pytest.approx(
         tuned["metrics"]["perplexity"] - base["metrics"]["perplexity"], rel=1e-6)
