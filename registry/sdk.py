@@ -5,6 +5,7 @@ Example:
     >>> reg = Registry("mlruns")
     >>> base = reg.create("base", config="tiny", seed=0)
     >>> tuned = reg.run("finetune", base, data=["notes.txt"], steps=20)
+    >>> onnx = reg.run("export", tuned, format="onnx", quantize="int8", out="exported/onnx-int8")
     >>> reg.alias(tuned, "champion")
     >>> reg.get("base-finetune@champion").load().generate("Hello", max_length=20)
 """

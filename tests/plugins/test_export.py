@@ -201,16 +201,26 @@ def test_doctor_finds_every_export_complete(exported):
 
 
 def test_a_failed_recording_delivers_nothing(exported, monkeypatch, tmp_path):
+    from plugins.export import Export
+    from registry import CapabilityResult
     from registry.recorder import Recorder
 
-    reg, _, _ = exported
+    reg, _, outside = exported
     before = [v.ref for v in reg.list()]
 
-    def broken(self, **kwargs):
-        raise OSError("disk full")
+    def exported_files(self, context, **options):  # what a finished export hands the core
+        import shutil
 
-    monkeypatch.setattr(Recorder, "record", broken)
-    with pytest.raises(OSError, match="disk full"):
-        reg.run("export", "fx/1", format="keras", out=str(tmp_path / "out"), new_tokens=1)
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("out", ".out"))]
+        shutil.copytree(outside / "onnx", context.workdir / "export")
+        return CapabilityResult(preset_dir=context.workdir / "export", deliver_to=tmp_path / "out")
+
+    def full_disk(self, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Export, "run", exported_files)
+    monkeypatch.setattr(Recorder, "record", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        reg.run("export", "fx/1", format="onnx", out=str(tmp_path / "out"))
+    assert [p.name for p in tmp_path.iterdir() if "out" in p.name] == []  # neither the folder nor a partial copy
     assert [v.ref for v in reg.list()] == before
+    assert list(reg.home.staging.iterdir()) == []

@@ -13,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from registry.errors import NotFoundError, RegistryError, UsageError
 from registry.lineage import LineageEdge, LineageStore, LineageVariant
@@ -278,6 +278,29 @@ def test_migration_runs_on_open_and_not_again(db_path, monkeypatch):
         reopened.add_variant(name="gpt2", version=1, **fields())
     assert upgrades == []
     assert alembic_versions(db_path) == [head]
+
+
+def test_a_store_made_before_exports_upgrades_and_keeps_its_rows(db_path):
+    config = Config()
+    config.set_main_option("script_location", store_module.MIGRATIONS_DIR)
+    engine = create_engine(db_url(db_path))
+    with engine.connect() as conn:  # the schema as the first release made it
+        config.attributes["connection"] = conn
+        store_module.command.upgrade(config, "0001")
+        conn.commit()
+    engine.dispose()
+    with sqlite3.connect(db_path) as conn:
+        with pytest.raises(sqlite3.IntegrityError):  # 0001 knew no export kind
+            conn.execute("INSERT INTO variants (name, version, kind, operation, config, parameters, size_bytes, "
+                         "content_hash, metrics, tags) VALUES ('x', 1, 'export', 'export', '{}', 1, 1, 'h', '{}', '{}')")
+        conn.execute("INSERT INTO variants (name, version, kind, operation, config, parameters, size_bytes, "
+                     "content_hash, metrics, tags) VALUES ('base', 1, 'full', 'create', '{}', 1, 1, 'h', '{}', '{}')")
+    with LineageStore(db_url(db_path)) as upgraded:
+        assert [row.ref for row in upgraded.list()] == ["base/1"]
+        exported = upgraded.add_variant(name="base-export", version=1, **fields(kind="export", operation="export"),
+                                        parents=[("base/1", "parent", {"format": "onnx"}, {})])
+        assert exported.kind == "export" and upgraded.parents("base-export", 1)[0].parent_ref == "base/1"
+    assert alembic_versions(db_path) == [head_revision()]
 
 
 def test_migrated_schema_matches_models(store):
