@@ -7,8 +7,10 @@ tflite|onnx --quantize int8`. Each variant records, measured in that run on
 this machine: its bytes on disk, batch-1 greedy tokens/s (after a warm-up
 call) and perplexity on the same fixed text (the embedded held-out text, first
 2,048 tokens). The float32 row holds the parent's figures as each run measured
-them (median over the runs). Peak memory is each process's maximum resident
-set size.
+them (median over the runs), and the stock row is KerasHub's own compiled
+`generate` on the same float32 preset, for reference: the registry's Keras
+greedy loop runs eagerly today (a compiled one is planned). Peak memory is
+each process's maximum resident set size.
 
 Random weights give a perplexity near the vocabulary size: the column shows
 how far each format moves the model's outputs, not how good the model is.
@@ -38,12 +40,31 @@ ROWS = [  # (label, gpt2reg arguments after the parent reference)
 ]
 
 
+# Stock KerasHub, for reference: `GPT2CausalLM.generate` (compiled by KerasHub) on the same
+# float32 preset, the same prompt and the same number of new tokens, after one warm-up call.
+STOCK_KERAS_HUB = """
+import json, sys, time
+import keras_hub
+lm = keras_hub.models.GPT2CausalLM.from_preset(sys.argv[1])
+prompt, new_tokens = "The meaning of life is", int(sys.argv[2])
+length = len(lm.preprocessor.tokenizer(prompt)) + 1 + new_tokens  # KerasHub prepends a start token
+lm.generate(prompt, max_length=length, stop_token_ids=None)
+started = time.perf_counter()
+lm.generate(prompt, max_length=length, stop_token_ids=None)
+print(json.dumps({"greedy_tokens_per_second": new_tokens / (time.perf_counter() - started)}))
+"""
+
+
 def gpt2reg(*args: str) -> tuple[dict, float, int]:
     """Run one command in a fresh process: its JSON document, seconds, peak RSS in bytes."""
     executable = shutil.which("gpt2reg") or str(Path(sys.executable).with_name("gpt2reg"))
+    return run_json([executable, *args, "--json"], f"gpt2reg {' '.join(args)}")
+
+
+def run_json(command: list[str], label: str) -> tuple[dict, float, int]:
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         started = time.perf_counter()
-        process = subprocess.Popen([executable, *args, "--json"], stdout=stdout, stderr=stderr,
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr,
                                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         # wait4 rather than wait: it also gives this child's own peak resident memory.
         _, status, usage = os.wait4(process.pid, 0)
@@ -52,8 +73,13 @@ def gpt2reg(*args: str) -> tuple[dict, float, int]:
         stdout.seek(0)
         stderr.seek(0)
         if process.returncode != 0:
-            raise SystemExit(f"gpt2reg {' '.join(args)} failed ({process.returncode}): {stderr.read().strip()[-1500:]}")
-        return json.loads(stdout.read()), seconds, usage.ru_maxrss * 1024
+            raise SystemExit(f"{label} failed ({process.returncode}): {stderr.read().strip()[-1500:]}")
+        text = stdout.read().strip()
+        try:
+            document = json.loads(text)
+        except ValueError:  # a library printed before the document: it is the last line
+            document = json.loads(text.splitlines()[-1])
+        return document, seconds, usage.ru_maxrss * 1024
 
 
 def main() -> None:
@@ -68,6 +94,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as scratch:
         home = ["--home", f"{scratch}/home"]
         base, _, base_peak = gpt2reg("create", "base", "--config", args.config, *home)
+        preset = gpt2reg("show", base["ref"], *home)[0]["preset_path"]
+        stock, _, stock_peak = run_json([sys.executable, "-c", STOCK_KERAS_HUB, preset, str(args.new_tokens)],
+                                        "stock KerasHub generate")
         for label, command in ROWS:
             extra = ["--out", f"{scratch}/{label.split()[0]}-{command[2]}"] if command[0] == "export" else []
             variant, seconds, peak = gpt2reg(command[0], base["ref"], *command[1:], *extra,
@@ -81,18 +110,23 @@ def main() -> None:
                 "greedy_tokens_per_second": variant["metrics"]["greedy_tokens_per_second"],
                 "perplexity": variant["metrics"]["perplexity"], "seconds_to_make": round(seconds, 1),
                 "peak_rss_bytes": peak,
-                "decoding": "full recompute per token" if command[0] == "export" else "key/value cache",
+                "decoding": "full recompute per token" if command[0] == "export" else "key/value cache, eager loop",
             })
             print(f"{label}: done in {seconds:.0f} s", file=sys.stderr)
         results.insert(0, {
             "variant": "float32 (Keras)", "bytes": base["size_bytes"],
             "greedy_tokens_per_second": statistics.median(parent["greedy_tokens_per_second"]),
             "perplexity": statistics.median(parent["perplexity"]), "seconds_to_make": None,
-            "peak_rss_bytes": base_peak, "decoding": "key/value cache",
+            "peak_rss_bytes": base_peak, "decoding": "key/value cache, eager loop",
         })
-    reference = results[0]["greedy_tokens_per_second"]
+        results.insert(1, {
+            "variant": "float32 (stock KerasHub generate)", "bytes": base["size_bytes"],
+            "greedy_tokens_per_second": stock["greedy_tokens_per_second"], "perplexity": results[0]["perplexity"],
+            "seconds_to_make": None, "peak_rss_bytes": stock_peak, "decoding": "key/value cache, compiled",
+        })
+    reference = results[1]["greedy_tokens_per_second"]  # stock KerasHub float32
     print(f"\n{args.config}, batch 1, greedy, {args.new_tokens} new tokens\n")
-    print("| variant | bytes on disk | greedy tokens/s | vs float32 | perplexity | greedy decoding | peak memory |")
+    print("| variant | bytes on disk | greedy tokens/s | vs stock float32 | perplexity | greedy decoding | peak memory |")
     print("|---|---:|---:|---:|---:|---|---:|")
     for row in results:
         print(f"| {row['variant']} | {row['bytes']:,} | {row['greedy_tokens_per_second']:.1f} | "

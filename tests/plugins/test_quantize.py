@@ -9,7 +9,7 @@ import pytest
 
 from registry import Registry
 
-MODES = ["int8", "int4", "float16", "bfloat16", "gptq", "awq"]
+MODES = ["int8", "int4", "float8", "float16", "bfloat16", "gptq", "awq"]
 
 # A process that never imported the project before: load each variant and generate with it.
 RELOAD_AND_GENERATE = """
@@ -43,7 +43,11 @@ def quantized(tmp_path_factory, fixture_dir, text_file):
 def test_a_quantized_variant_records_its_size_perplexity_and_speed_before_and_after(quantized, mode):
     reg, variants = quantized
     variant, base = variants[mode], reg.get("fx/1")
-    assert variant.size_bytes < base.size_bytes  # every mode here stores fewer bytes
+    if mode == "float8":
+        # Keras's float8 is for float8 matmuls, not storage: it keeps the float32 kernels and adds scales.
+        assert variant.size_bytes > base.size_bytes
+    else:
+        assert variant.size_bytes < base.size_bytes
     assert variant.tags["quantization"] == mode
     edge = reg.lineage(variant)["edges"][-1]
     assert edge["operation"] == "quantize" and edge["settings"]["mode"] == mode
