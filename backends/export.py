@@ -264,15 +264,20 @@ class _KerasRuntime(Runtime):
         self.lm = keras_gpt2.load(folder)
 
     def logits(self, token_ids):
-        ids = np.asarray(token_ids, dtype="int32")
-        return np.asarray(keras.ops.convert_to_numpy(
-            self.lm({"token_ids": ids, "padding_mask": np.ones_like(ids)}, training=False)), dtype=np.float32)
+        return keras_logits(self.lm, token_ids)
 
     def greedy(self, token_ids, new_tokens):
         from backends import generation
 
         return generation.generate(self.lm, [list(token_ids)], max_new_tokens=new_tokens,
                                    stop_at_end_of_text=False)[0].token_ids
+
+
+def keras_logits(lm, token_ids) -> np.ndarray:
+    """Logits of a `GPT2CausalLM` for a batch of equal-length sequences, as float32 numpy."""
+    ids = np.asarray(token_ids, dtype="int32")
+    logits = lm({"token_ids": ids, "padding_mask": np.ones_like(ids)}, training=False)
+    return np.asarray(keras.ops.convert_to_numpy(logits), dtype=np.float32)
 
 
 class _SavedModelRuntime(Runtime):

@@ -81,7 +81,7 @@ class Export(Capability):
 
         source = keras_gpt2.load(parent_preset)
         probe = documents[0][:min(PROBE_TOKENS, context_length)]
-        source_logits = export.open_runtime(parent_preset, "keras").logits([probe])
+        source_logits = export.keras_logits(source, [probe])
         parent_metrics = {
             "perplexity": scoring.score(source, documents).perplexity,
             "greedy_tokens_per_second": quantization.greedy_tokens_per_second(source, prompt, new_tokens),

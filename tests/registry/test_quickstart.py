@@ -5,7 +5,7 @@ import pytest
 
 def test_quickstart_registers_every_step_and_halves_perplexity(gpt2reg, tmp_path):
     home = tmp_path / "home"
-    result = gpt2reg("quickstart", "--steps", 40, "--json", "--home", home)
+    result = gpt2reg("quickstart", "--steps", 30, "--json", "--home", home)
     assert result.exit_code == 0, result
     summary = result.json()
     base, tuned, adapter, merged, quantized = summary["variants"]
