@@ -75,7 +75,8 @@ def test_each_export_is_a_variant_with_its_files_delivered_and_checked(exported,
     if quantize == "int8":  # 8-bit weights move logits by tenths on random weights; the ranking mostly holds
         assert variant.metrics["top1_agreement"] >= 0.75
     else:
-        assert variant.metrics["max_abs_logit_diff"] <= {None: 1e-4, "float16": 2e-3}[quantize]
+        # float16 weights keep about three significant digits of each logit.
+        assert variant.metrics["max_abs_logit_diff"] <= {None: 1e-4, "float16": 1e-2}[quantize]
     parent_perplexity = variant.metrics["perplexity"] - edge["metric_deltas"]["perplexity"]
     assert variant.metrics["perplexity"] == pytest.approx(parent_perplexity, rel=1e-4 if quantize is None else 0.02)
     if quantize is None:
