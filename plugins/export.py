@@ -66,14 +66,12 @@ class Export(Capability):
         if home.is_local and Path(out).resolve().is_relative_to(home.path.resolve()):
             raise UsageError(f"--out {out} is inside the registry home; choose a folder outside it")
 
-        from backends import export, keras_gpt2, quantization, scoring
-        from backends.tokenizer import encode
-        from plugins.quantize import SPEED_PROMPT, evaluation_documents
+        from backends import export, keras_gpt2
+        from plugins.measurements import SPEED_PROMPT, evaluation_documents, keras_figures, speed_prompt
 
         context_length = variant.config.get("max_sequence_length", 1024)
         documents = evaluation_documents(eval_data, text_field)
-        prompt = encode(SPEED_PROMPT)
-        new_tokens = min(new_tokens, context_length - len(prompt))
+        prompt, new_tokens = speed_prompt(context_length, new_tokens)
         parent_preset = context.parent_preset()
 
         context.progress(description=f"exporting {variant.ref} as {format}")
@@ -82,10 +80,7 @@ class Export(Capability):
         source = keras_gpt2.load(parent_preset)
         probe = documents[0][:min(PROBE_TOKENS, context_length)]
         source_logits = export.keras_logits(source, [probe])
-        parent_metrics = {
-            "perplexity": scoring.score(source, documents).perplexity,
-            "greedy_tokens_per_second": quantization.greedy_tokens_per_second(source, prompt, new_tokens),
-        }
+        parent_metrics = keras_figures(source, documents, prompt, new_tokens)
         del source
 
         context.progress(description=f"checking the {format} export in its own runtime")

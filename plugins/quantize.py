@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 from backends.configs import QUANTIZATION_CALIBRATED as CALIBRATED
 from backends.configs import QUANTIZATION_MODES as MODES
+from plugins.measurements import SPEED_PROMPT, evaluation_documents, keras_figures, speed_prompt
 from registry import Capability, CapabilityResult, hookimpl
 from registry.errors import UsageError
-EVALUATION_TOKENS = 2048  # of the default evaluation text: enough for a stable perplexity, quick to score
-SPEED_PROMPT = "The meaning of life is"
 
 
 class Quantize(Capability):
@@ -46,7 +45,6 @@ class Quantize(Capability):
 
     def run(self, context, *, mode, calibration, eval_data, calibration_samples, new_tokens, text_field):
         from backends.configs import END_OF_TEXT_ID
-        from backends.tokenizer import encode
         from registry.data import pack_blocks, read_texts, tokenize_documents
 
         variant = context.variant
@@ -70,22 +68,13 @@ class Quantize(Capability):
                 raise UsageError(f"--calibration text is shorter than one {length}-token block; give more text")
             samples = [list(map(int, b)) for b in blocks[:calibration_samples]]
 
-        from backends import keras_gpt2, quantization, scoring
+        from backends import keras_gpt2, quantization
 
-        prompt = encode(SPEED_PROMPT)
-        new_tokens = min(new_tokens, context_length - len(prompt))
+        prompt, new_tokens = speed_prompt(context_length, new_tokens)
         parent_preset = context.parent_preset()  # hash-checked once, loaded for each side
-        parent = keras_gpt2.load(parent_preset)
-        parent_metrics = {
-            "perplexity": scoring.score(parent, evaluation).perplexity,
-            "greedy_tokens_per_second": quantization.greedy_tokens_per_second(parent, prompt, new_tokens),
-        }
-        del parent
+        parent_metrics = keras_figures(keras_gpt2.load(parent_preset), evaluation, prompt, new_tokens)
         lm = quantization.quantize(parent_preset, mode, samples)
-        metrics = {
-            "perplexity": scoring.score(lm, evaluation).perplexity,
-            "greedy_tokens_per_second": quantization.greedy_tokens_per_second(lm, prompt, new_tokens),
-        }
+        metrics = keras_figures(lm, evaluation, prompt, new_tokens)
         preset = context.workdir / "preset"
         keras_gpt2.save(lm, preset)
         metrics["speedup"] = metrics["greedy_tokens_per_second"] / parent_metrics["greedy_tokens_per_second"]
@@ -96,19 +85,6 @@ class Quantize(Capability):
                       "new_tokens": new_tokens},
             tags={"quantization": mode},
         )
-
-
-def evaluation_documents(eval_data, text_field) -> list[list[int]]:
-    from registry.data import read_texts, tokenize_documents
-
-    if eval_data:
-        return tokenize_documents(read_texts(eval_data, text_field=text_field))
-    from backends.tokenizer import encode
-    from registry.corpus import documents
-
-    texts, _ = documents()
-    held_out = "\n\n".join(texts[::10])
-    return [encode(held_out)[:EVALUATION_TOKENS]]
 
 
 @hookimpl

@@ -377,6 +377,8 @@ class Registry:
 
     def _record_and_deliver(self, *, name, operation, parent, result: CapabilityResult, staging, kind) -> Variant:
         """Record the result; copy it to `result.deliver_to` too, both or neither."""
+        import json
+
         from registry import artifacts
         from registry.artifacts import MANIFEST
 
@@ -385,27 +387,17 @@ class Registry:
             new = self._record(name=name, operation=operation, parents=[(parent, "parent")], result=result,
                                staging=staging, kind=kind)
             if partial is not None:
-                # The recorder wrote the manifest after the copy was staged; the delivered
-                # copy also names the variant it is, so importing it back can link to it.
-                shutil.copy2(Path(result.preset_dir) / MANIFEST, partial / MANIFEST)
-                self._stamp_manifest(partial, new)
+                # The recorder wrote the manifest after the copy was staged; the delivered copy
+                # gets it with the variant's ref added, so importing it back can link to it.
+                manifest = json.loads((Path(result.preset_dir) / MANIFEST).read_text(encoding="utf-8"))
+                manifest.update(ref=new.ref, name=new.name, version=new.version)
+                (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
                 artifacts.publish_delivery(partial, result.deliver_to)
         except BaseException:
             if partial is not None:
                 shutil.rmtree(partial, ignore_errors=True)
             raise
         return new
-
-    @staticmethod
-    def _stamp_manifest(folder: Path, variant: Variant) -> None:
-        import json
-
-        from registry.artifacts import MANIFEST
-
-        manifest_file = folder / MANIFEST
-        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-        manifest.update(ref=variant.ref, name=variant.name, version=variant.version)
-        manifest_file.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
 
     def _provenance(self, source: str) -> tuple[list, dict]:
         """Where an imported folder came from, when a registry wrote it (an export's manifest).
