@@ -26,12 +26,12 @@ import keras_hub  # noqa: E402
 
 
 
-def build(config: dict, seed: int = 0) -> "keras_hub.models.GPT2CausalLM":
-    """A freshly initialised GPT-2 with the real BPE tokenizer."""
+def build(config: dict, seed: int = 0, dtype: str | None = None) -> "keras_hub.models.GPT2CausalLM":
+    """A freshly initialised GPT-2 with the real BPE tokenizer (`dtype`: a Keras dtype policy)."""
     from backends.tokenizer import keras_tokenizer
 
     keras.utils.set_random_seed(seed)
-    backbone = keras_hub.models.GPT2Backbone(**{k: config[k] for k in BACKBONE_CONFIG_KEYS})
+    backbone = keras_hub.models.GPT2Backbone(**{k: config[k] for k in BACKBONE_CONFIG_KEYS}, dtype=dtype)
     preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
         tokenizer=keras_tokenizer(), sequence_length=config["max_sequence_length"]
     )

@@ -362,7 +362,10 @@ def train(
     reporter = _UpdateReporter(plan, tokens_per_step, on_step, validate, checkpoints, state)
     _fit_multiworker(lm)
     # The data is already token ids: KerasHub's preprocessor would tokenize it again.
-    preprocessor, lm.preprocessor = lm.preprocessor, None
+    # (A Distiller has no preprocessor of its own: its teacher and student are called on ids.)
+    preprocessor = getattr(lm, "preprocessor", None)
+    if preprocessor is not None:
+        lm.preprocessor = None
     started = time.perf_counter()
     try:
         if first_step < plan.steps:
@@ -378,7 +381,8 @@ def train(
                     callbacks=[reporter],
                 )
     finally:
-        lm.preprocessor = preprocessor
+        if preprocessor is not None:
+            lm.preprocessor = preprocessor
     seconds = time.perf_counter() - started
     done = state["step"] - first_step
     losses = state["history"].get("train_loss", [])

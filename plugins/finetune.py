@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 from dataclasses import dataclass, field
+from typing import Any
 
 from registry import Capability, CapabilityResult, hookimpl
 from registry.errors import RunFailed, UsageError
@@ -15,6 +16,15 @@ from registry.errors import RunFailed, UsageError
 # Measured on 2 CPU cores: XLA makes a `gpt2` (124M) step 19% faster (13.0 -> 10.5 s at
 # sequence 256, batch 4) for 20 s more compilation; on `tiny` (3M) it gains nothing.
 XLA_FROM_PARAMETERS = 100_000_000
+
+
+@dataclass
+class Trainee:
+    """What a training capability trains (`model`), and the model that is scored and saved (`result`)."""
+
+    model: Any
+    result: Any
+    figures: dict = field(default_factory=dict)  # figures to record about the setup (trainable weights, ...)
 
 
 class Finetune(Capability):
@@ -71,10 +81,18 @@ class Finetune(Capability):
             if self.patience and not self.eval_every:
                 raise UsageError("--patience needs --eval-every N (how often to measure the validation loss)")
 
-    # Subclasses (LoRA) change what is trained and what is saved; the loop stays the same.
+    # Subclasses (LoRA, distillation) change what is trained and what is saved; the loop stays the same.
     def adapt(self, lm, options: dict) -> dict:
         """Prepare `lm` for training; returns figures to record (none for full fine-tuning)."""
         return {}
+
+    def prepare(self, context, lm, options: dict) -> Trainee:
+        """What to train, given the loaded parent `lm`: by default the parent itself, adapted."""
+        return Trainee(model=lm, result=lm, figures=self.adapt(lm, options))
+
+    def other_parents(self, context, options: dict) -> list:
+        """Variants besides the parent that the result comes from, as (variant, role)."""
+        return []
 
     def save(self, lm, folder):
         from backends import keras_gpt2
@@ -129,14 +147,15 @@ class Finetune(Capability):
         with context.strategy().scope():
             lm = context.load_model(dtype=policy)
             parent_metrics = {"perplexity": scoring.score(lm, validation).perplexity} if validation else {}
-            adapted = self.adapt(lm, extra)
-            settings.update(extra)  # what adapt() filled in (LoRA's default alpha)
+            trainee = self.prepare(context, lm, extra)
+            settings.update(extra)  # what prepare() filled in (LoRA's default alpha)
+            lm = trainee.result
 
             def on_step(step, loss, tokens_per_second, learning_rate, val_loss):
                 context.progress(step=step, total=steps, loss=loss, tokens_per_second=tokens_per_second)
 
             report = training.train(
-                lm, blocks, plan, on_step=on_step, checkpoints=checkpoints, resume=resume, fingerprint=fingerprint,
+                trainee.model, blocks, plan, on_step=on_step, checkpoints=checkpoints, resume=resume, fingerprint=fingerprint,
                 validate=(lambda: scoring.score(lm, validation).mean_nll) if validation and eval_every else None,
             )
         settings.update(device=context.device, resumed_from_step=report.resumed_from, stopped=report.stopped)
@@ -155,7 +174,7 @@ class Finetune(Capability):
             "train_seconds": report.seconds,
             "tokens_per_second": report.tokens_per_second,
             "train_steps": report.steps,
-            **adapted,
+            **trainee.figures,
         }
         if report.best_val_loss is not None:
             metrics.update(best_val_loss=report.best_val_loss, best_step=report.best_step)
@@ -165,6 +184,7 @@ class Finetune(Capability):
         self.save(lm, preset)
         return CapabilityResult(preset_dir=preset, metrics=metrics, parent_metrics=parent_metrics,
                                 history=report.history, settings=settings,
+                                other_parents=self.other_parents(context, extra),
                                 # Kept until the variant is committed, so a failed record can still resume.
                                 discard_after_record=[checkpoints] if checkpoints is not None else [])
 

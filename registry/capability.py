@@ -45,6 +45,11 @@ class CapabilityResult:
     - ``deliver_to``: a folder outside the home the user asked for (an export's
       ``--out``); once the variant is committed the core copies ``preset_dir``
       there, whole or not at all.
+    - ``tables``: per-example results (an evaluation's predictions), logged
+      as MLflow table artifacts under the given file names.
+    - ``other_parents``: variants besides the one the capability ran on that
+      the result comes from, as ``(variant, role)`` (a distilled student's
+      initialisation); each gets a lineage edge.
     """
 
     preset_dir: Path | None = None
@@ -56,6 +61,8 @@ class CapabilityResult:
     discard_after_record: list[Path] = field(default_factory=list)  # folders the core removes once recorded
     tags: dict[str, str] = field(default_factory=dict)  # searchable facts about the new variant (its quantization)
     deliver_to: Path | None = None
+    other_parents: list[tuple[Any, str]] = field(default_factory=list)  # (Variant, role) besides the parent
+    tables: dict[str, list[dict]] = field(default_factory=dict)  # artifact file -> rows, logged as MLflow tables
 
 
 Progress = Callable[..., None]
@@ -76,6 +83,14 @@ class RunContext:
         if self.variant is None:
             raise UsageError("this capability needs a model reference")
         return self.variant._registry.load(self.variant, dtype=dtype)
+
+    def resolve(self, reference: str):
+        """Another variant of the same registry (`NAME`, `NAME/V`, `NAME@alias`)."""
+        return self.variant._registry.get(reference)
+
+    def load_variant(self, variant, dtype: str | None = None):
+        """Another variant as a KerasHub ``GPT2CausalLM``."""
+        return self.variant._registry.load(variant, dtype=dtype)
 
     def parent_preset(self) -> Path:
         """The parent variant's KerasHub preset folder, checked against its recorded hash."""
@@ -114,6 +129,7 @@ class Capability(ABC):
     name: ClassVar[str]
     operation: ClassVar[str | None] = None  # lineage operation when it makes a variant
     variant_kind: ClassVar[str] = "full"  # "full" (a whole model) or "adapter" (weights over a base)
+    parent_role: ClassVar[str] = "parent"  # the role of the variant it runs on, in the lineage ("teacher")
     needs_model: ClassVar[bool] = True
 
     @dataclass

@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = (
     "plugins.export",
     "plugins.lora",
     "plugins.merge",
+    "plugins.distill",
     "plugins.evaluate",
     "plugins.devices",
 )
