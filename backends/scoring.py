@@ -61,8 +61,9 @@ _COMPILED = "_gpt2reg_token_nll"
 
 def forget_compiled(lm) -> None:
     """Drop the compiled scoring function after changing the model's layers (it would read the old ones)."""
-    if hasattr(lm, _COMPILED):
-        delattr(lm, _COMPILED)
+    for name in (_COMPILED, _COMPILED_TARGETS):
+        if hasattr(lm, name):
+            delattr(lm, name)
 
 
 def _token_nll_function(lm):
@@ -111,3 +112,77 @@ def score(lm, texts: list[list[int]], *, stride: int | None = None, batch_size: 
             total += float(nll[row, len(ids) - 1 - targets : len(ids) - 1].sum())
             counted += targets
     return Score(total_nll=total, tokens=counted)
+
+
+# ---------------------------------------------------------------- continuations (tasks)
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    logprob: float  # sum of log p(continuation token | everything before it)
+    tokens: int
+    greedy: bool  # every continuation token is the model's top choice
+
+
+_COMPILED_TARGETS = "_gpt2reg_target_logprobs"
+
+
+def _target_function(lm):
+    cached = getattr(lm, _COMPILED_TARGETS, None)
+    if cached is not None:
+        return cached
+
+    def target_logprobs(token_ids, padding_mask, targets):
+        logits = ops.cast(lm({"token_ids": token_ids, "padding_mask": padding_mask}, training=False), "float32")
+        logprobs = -keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+        return logprobs, ops.equal(ops.cast(ops.argmax(logits, axis=-1), targets.dtype), targets)
+
+    import tensorflow as tf
+
+    compiled = tf.function(target_logprobs, reduce_retracing=True)
+    setattr(lm, _COMPILED_TARGETS, compiled)
+    return compiled
+
+
+def score_continuations(lm, requests: list[tuple[list[int], list[int]]], *, batch_size: int = 8) -> list[ContinuationScore]:
+    """Log-likelihood of each continuation given its context, batched with padding masks.
+
+    A context longer than the model's positions leaves room by dropping its
+    oldest tokens (callers that must not cut a question check the length first).
+    An empty context starts from the end-of-text token, as generation does.
+    """
+    from backends.configs import END_OF_TEXT_ID
+
+    context = lm.backbone.max_sequence_length
+    sequences = []
+    for prefix, continuation in requests:
+        if not continuation:
+            raise ValueError("an empty continuation has no likelihood")
+        if len(continuation) > context:
+            raise ValueError(f"a continuation of {len(continuation)} tokens does not fit a context of {context}")
+        whole = (list(prefix) or [END_OF_TEXT_ID]) + list(continuation)
+        sequences.append(whole[-(context + 1):])
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    function = _target_function(lm)
+    scores: list[ContinuationScore | None] = [None] * len(sequences)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(sequences[i]) for i in batch) - 1
+        token_ids = np.zeros((len(batch), width), dtype="int32")
+        targets = np.zeros((len(batch), width), dtype="int32")
+        padding_mask = np.zeros((len(batch), width), dtype="int32")
+        for row, index in enumerate(batch):
+            ids = sequences[index]
+            token_ids[row, : len(ids) - 1] = ids[:-1]
+            targets[row, : len(ids) - 1] = ids[1:]
+            padding_mask[row, : len(ids) - 1] = 1
+        logprobs, greedy = function(token_ids, padding_mask, targets)
+        logprobs, greedy = np.asarray(logprobs, dtype=np.float64), np.asarray(greedy)
+        for row, index in enumerate(batch):
+            end = len(sequences[index]) - 1
+            count = len(requests[index][1])
+            scores[index] = ContinuationScore(
+                logprob=float(logprobs[row, end - count : end].sum()), tokens=count,
+                greedy=bool(greedy[row, end - count : end].all()),
+            )
+    return scores

@@ -67,6 +67,11 @@ def decode(token_ids: list[int]) -> str:
     return fast_encoding().decode(list(token_ids))
 
 
+def byte_length(token_ids: list[int]) -> int:
+    """UTF-8 bytes the tokens stand for (exact, even where a character spans tokens)."""
+    return len(fast_encoding().decode_bytes(list(token_ids)))
+
+
 def pieces(token_ids: list[int]) -> list[str]:
     """The text of each token on its own (a piece may be part of a UTF-8 character)."""
     encoding = fast_encoding()

@@ -1,7 +1,21 @@
-"""`evaluate`: perplexity over text files (token-weighted, sliding window when long)."""
+"""`evaluate`: perplexity over text files, and tasks from JSONL files (zero- or few-shot).
+
+Perplexity follows SPEC section 5: each text one sequence, nothing
+prepended, a sliding window with `stride` for texts longer than the context,
+weighted by tokens over several files; bits per byte divides the same
+log-likelihood (in bits) by the UTF-8 bytes of the tokens it covers.
+
+Tasks (see `registry.tasks`): multiple choice is scored by log-likelihood
+(`accuracy`, and `accuracy_norm` per byte of the choice), generation by
+greedy decoding cut at `stop` (exact match, F1, BLEU, ROUGE), last word by
+whether greedy decoding gives exactly the last word (`accuracy`, and the
+`perplexity` of the last words). Every example's prompt, prediction and
+score goes into a table the core logs to MLflow.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from registry import Capability, CapabilityResult, hookimpl
@@ -17,37 +31,220 @@ class Evaluate(Capability):
         stride: int | None = None
         batch_size: int = 8
         text_field: str = "text"
+        task: str | None = None
+        task_name: str | None = None  # prefix of the task's metrics (default: the file's name)
+        shots: int = 0
+        train: str | None = None  # where shots come from (default: the task file, never the question itself)
+        template: str | None = None  # a file with {placeholders}; {answer} marks where the answer goes
+        seed: int = 0
+        max_new_tokens: int = 32  # generation tasks
+        stop: str = "\n"  # generation tasks: the prediction ends before the first occurrence
+        limit: int | None = None  # the first N examples only
 
         def __post_init__(self):
             if isinstance(self.data, str):
                 self.data = [self.data]
+            self.data = list(self.data or [])
+            if not self.data and not self.task:
+                raise UsageError("nothing to evaluate: give --data PATH (perplexity) or --task FILE.jsonl")
             if self.stride is not None and self.stride < 1:
                 raise UsageError(f"--stride must be at least 1 (got {self.stride})")
             if self.batch_size < 1:
                 raise UsageError(f"--batch-size must be at least 1 (got {self.batch_size})")
+            if self.shots < 0:
+                raise UsageError(f"--shots must be 0 or more (got {self.shots})")
+            if not self.task and (self.shots or self.train or self.template or self.task_name):
+                raise UsageError("--shots, --train, --template and --task-name go with --task FILE.jsonl")
+            if self.max_new_tokens < 1:
+                raise UsageError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
+            if self.limit is not None and self.limit < 1:
+                raise UsageError(f"--limit must be at least 1 (got {self.limit})")
 
-    def run(self, context, *, data, stride, batch_size, text_field):
-        from registry.data import read_texts, tokenize_documents
-
-        texts = read_texts(data, text_field=text_field)
-        documents = tokenize_documents(texts)
-        if sum(max(len(ids) - 1, 0) for ids in documents) == 0:
-            raise UsageError("the evaluation data has no text of two tokens or more; perplexity needs at least two tokens")
+    def run(self, context, *, data, stride, batch_size, text_field, task, task_name, shots, train, template, seed,
+            max_new_tokens, stop, limit):
         context_length = context.variant.config.get("max_sequence_length", 1024)
-        if stride is not None and stride > context_length:
-            raise UsageError(f"--stride {stride} is longer than the model's context of {context_length}")
+        # Everything that can be refused is read and checked before the model loads.
+        documents = texts = None
+        if data:
+            from registry.data import read_texts, tokenize_documents
+
+            texts = read_texts(data, text_field=text_field)
+            documents = tokenize_documents(texts)
+            if sum(max(len(ids) - 1, 0) for ids in documents) == 0:
+                raise UsageError("the evaluation data has no text of two tokens or more; perplexity needs at least two tokens")
+            if stride is not None and stride > context_length:
+                raise UsageError(f"--stride {stride} is longer than the model's context of {context_length}")
+        requests = None
+        if task:
+            requests = _task_requests(task, task_name, shots, train, template, seed, limit, max_new_tokens,
+                                      context_length)
         from backends import scoring
 
+        metrics: dict[str, float] = {}
+        output: dict = {}
+        settings: dict = {}
+        tables: dict = {}
         with context.strategy().scope():
             lm = context.load_model()
-            score = scoring.score(lm, documents, stride=stride, batch_size=batch_size)
-        metrics = {
-            "perplexity": score.perplexity,
-            "mean_nll": score.mean_nll,
-            "tokens": score.tokens,
-        }
-        return CapabilityResult(metrics=metrics, output={**metrics, "data": texts.sources, "data_digest": texts.digest},
-                                settings={"data_digest": texts.digest, "stride": stride or context_length // 2})
+            if documents is not None:
+                score = scoring.score(lm, documents, stride=stride, batch_size=batch_size)
+                metrics.update(perplexity=score.perplexity, mean_nll=score.mean_nll, tokens=score.tokens,
+                               bits_per_byte=score.total_nll / math.log(2) / _scored_bytes(documents))
+                output.update(data=texts.sources, data_digest=texts.digest)
+                settings.update(data_digest=texts.digest, stride=stride or context_length // 2)
+            if requests is not None:
+                task_metrics, rows = requests.score(lm, batch_size=batch_size, stop=stop)
+                prefix = requests.metric_prefix
+                metrics.update({f"{prefix}.{key}": value for key, value in task_metrics.items()})
+                output.update(task_metrics)
+                output.update(task=requests.task.name, task_kind=requests.task.kind, examples=len(rows),
+                              shots=shots, metric_prefix=prefix, warnings=requests.warnings)
+                settings.update(task=requests.task.path, task_digest=requests.digest, shots=shots, seed=seed,
+                                template=template)
+                tables[f"evaluation/{prefix}.json"] = rows
+        output["metrics"] = dict(metrics)
+        output.update({k: v for k, v in metrics.items() if "." not in k})
+        return CapabilityResult(metrics=metrics, output=output, settings=settings, tables=tables)
+
+
+def _scored_bytes(documents: list[list[int]]) -> int:
+    """UTF-8 bytes of the tokens whose likelihood perplexity counts: tokens 2..n of each text."""
+    from backends.tokenizer import byte_length
+
+    return sum(byte_length(ids[1:]) for ids in documents)
+
+
+class _TaskRequests:
+    """A task's examples turned into prompts that fit the context, and their scoring."""
+
+    def __init__(self, task, prompts, fitted, metric_prefix, warnings, digest, max_new_tokens):
+        self.task, self.prompts, self.fitted = task, prompts, fitted
+        self.metric_prefix, self.warnings, self.digest = metric_prefix, warnings, digest
+        self.max_new_tokens = max_new_tokens
+
+    def score(self, lm, *, batch_size: int, stop: str):
+        from registry import tasks
+
+        if self.task.kind == tasks.GENERATION:
+            return self._score_generation(lm, batch_size, stop)
+        return self._score_likelihood(lm, batch_size)
+
+    def _score_likelihood(self, lm, batch_size):
+        from backends import scoring
+        from registry import tasks
+
+        pairs, owners = [], []
+        for index, (example, prompt) in enumerate(zip(self.task.examples, self.prompts)):
+            continuations = example.choices if example.kind == tasks.MULTIPLE_CHOICE else (example.answer,)
+            for choice in continuations:
+                pairs.append(split_continuation(prompt, choice))
+                owners.append(index)
+        from backends.tokenizer import encode
+
+        requests = [(encode(context_text), encode(continuation)) for context_text, continuation in pairs]
+        scores = scoring.score_continuations(lm, requests, batch_size=batch_size)
+        per_example: dict[int, list] = {}
+        for owner, (_, continuation), score in zip(owners, pairs, scores):
+            per_example.setdefault(owner, []).append((continuation, score))
+        rows = []
+        if self.task.kind == tasks.MULTIPLE_CHOICE:
+            correct = correct_norm = 0
+            for index, example in enumerate(self.task.examples):
+                scored = per_example[index]
+                logprobs = [s.logprob for _, s in scored]
+                per_byte = [s.logprob / max(len(c.encode("utf-8")), 1) for c, s in scored]
+                chosen = max(range(len(logprobs)), key=logprobs.__getitem__)
+                chosen_norm = max(range(len(per_byte)), key=per_byte.__getitem__)
+                correct += chosen == example.label
+                correct_norm += chosen_norm == example.label
+                rows.append({"line": example.line, "shots": self.fitted[index].shots_used, "prompt": self.prompts[index],
+                             "choices": list(example.choices), "logprobs": logprobs, "prediction": chosen,
+                             "answer": example.label, "correct": chosen == example.label})
+            count = len(rows)
+            return {"accuracy": correct / count, "accuracy_norm": correct_norm / count}, rows
+        hits, total_logprob, total_tokens = 0, 0.0, 0
+        for index, example in enumerate(self.task.examples):
+            _, score = per_example[index][0]
+            hits += score.greedy
+            total_logprob += score.logprob
+            total_tokens += score.tokens
+            rows.append({"line": example.line, "shots": self.fitted[index].shots_used, "prompt": self.prompts[index],
+                         "answer": example.answer, "logprob": score.logprob, "correct": score.greedy})
+        return {"accuracy": hits / len(rows), "perplexity": math.exp(-total_logprob / total_tokens)}, rows
+
+    def _score_generation(self, lm, batch_size, stop):
+        from backends import generation
+        from backends.tokenizer import decode, encode
+        from registry import text_metrics
+
+        encoded = [encode(prompt) for prompt in self.prompts]
+        # Similar lengths together: a batch is padded to its longest prompt.
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        predictions = [""] * len(encoded)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            outputs = generation.generate(lm, [encoded[i] for i in batch], max_new_tokens=self.max_new_tokens)
+            for index, result in zip(batch, outputs):
+                text = decode(result.token_ids)
+                predictions[index] = text.split(stop, 1)[0] if stop else text
+        answers = [example.answer for example in self.task.examples]
+        scores = text_metrics.generation_scores(predictions, answers)
+        rows = [
+            {"line": example.line, "shots": self.fitted[index].shots_used, "prompt": self.prompts[index],
+             "prediction": predictions[index], "answer": example.answer,
+             "exact_match": text_metrics.exact_match(predictions[index], example.answer),
+             "f1": text_metrics.token_f1(predictions[index], example.answer)}
+            for index, example in enumerate(self.task.examples)
+        ]
+        return scores, rows
+
+
+def split_continuation(prompt: str, continuation: str) -> tuple[str, str]:
+    """Spaces that end the prompt move to the continuation: GPT-2's BPE attaches a space to the next word."""
+    stripped = prompt.rstrip(" ")
+    return stripped, prompt[len(stripped):] + continuation
+
+
+def _task_requests(path, task_name, shots, train, template_path, seed, limit, max_new_tokens, context_length):
+    import hashlib
+    import json
+
+    from backends.tokenizer import encode
+    from registry import prompts, tasks
+
+    task = tasks.read_task(path, task_name)
+    if limit is not None:
+        task = tasks.Task(task.name, task.path, task.kind, task.examples[:limit])
+    pool = tasks.read_task(train) if train else None
+    if pool is not None and pool.kind != task.kind:
+        raise UsageError(f"--train {train} holds {pool.kind} examples but {path} is {task.kind}; use the same kind")
+    template = prompts.Template.from_file(template_path) if template_path else prompts.Template(prompts.DEFAULT_TEMPLATE)
+    if shots and not template.has_answer:
+        raise UsageError(f"template {template_path} has no {{answer}}: few-shot prompts need it to show each shot's answer")
+    fitted, texts = [], []
+    for index, example in enumerate(task.examples):
+        if task.kind == tasks.MULTIPLE_CHOICE:
+            reserve = max(len(encode(split_continuation(example.prompt, c)[1])) for c in example.choices)
+        elif task.kind == tasks.LAST_WORD:
+            reserve = len(encode(example.answer))
+        else:
+            reserve = max_new_tokens
+        shot_fields = [shot.fields for shot in tasks.choose_shots(task, index, pool, shots, seed)]
+        prompt = prompts.fit_prompt(template, example.fields, shot_fields, budget=context_length - reserve,
+                                    count_tokens=lambda text: len(encode(text)),
+                                    where=f"the question on {path} line {example.line}")
+        fitted.append(prompt)
+        texts.append(prompt.text)
+    dropped = [f for f in fitted if f.shots_dropped]
+    warnings = []
+    if dropped:
+        warnings.append(
+            f"{len(dropped)} of {len(fitted)} prompts kept fewer than {shots} shots to fit the context of "
+            f"{context_length} tokens (as few as {min(f.shots_used for f in dropped)})"
+        )
+    prefix = task.name + (f".{shots}shot" if shots else "")
+    digest = hashlib.sha256(json.dumps([e.fields for e in task.examples], sort_keys=True).encode()).hexdigest()[:16]
+    return _TaskRequests(task, texts, fitted, prefix, warnings, digest, max_new_tokens)
 
 
 @hookimpl

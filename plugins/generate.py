@@ -22,12 +22,19 @@ class Generate(Capability):
         top_k: int = 50
         top_p: float = 0.9
         seed: int | None = None
+        template: str | None = None  # a file with {placeholders}, filled from `vars` into one prompt per object
+        vars: dict | list | str | None = None  # a JSON object (or list of them), or its text
 
         def __post_init__(self):
             if isinstance(self.prompts, str):
                 self.prompts = [self.prompts]
+            self.prompts = list(self.prompts or [])
+            if self.template is not None:
+                self.prompts += _prompts_from_template(self.template, self.vars)
+            elif self.vars is not None:
+                raise UsageError("--vars fills a --template FILE; give the template too")
             if not self.prompts:
-                raise UsageError("no prompt given: pass at least one PROMPT")
+                raise UsageError("no prompt given: pass at least one PROMPT (or --template FILE --vars JSON)")
             if self.sampler not in SAMPLERS:
                 raise UsageError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
             if self.max_new_tokens < 1:
@@ -39,7 +46,7 @@ class Generate(Capability):
             if self.top_k < 1:
                 raise UsageError(f"--top-k must be at least 1 (got {self.top_k})")
 
-    def run(self, context, *, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed):
+    def run(self, context, *, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed, template, vars):
         from backends.tokenizer import decode, encode_batch
 
         prompt_ids = encode_batch(prompts)
@@ -67,6 +74,25 @@ class Generate(Capability):
             settings={"sampler": sampler, "max_new_tokens": max_new_tokens, "temperature": temperature,
                       "top_k": top_k, "top_p": top_p, "seed": seed},
         )
+
+
+def _prompts_from_template(path: str, values) -> list[str]:
+    """One prompt per object of `values`: the template up to {answer}, as `evaluate` builds questions."""
+    import json
+
+    from registry.prompts import Template
+
+    if isinstance(values, str):
+        try:
+            values = json.loads(values)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"--vars is not valid JSON ({error.msg}); e.g. '{{\"question\": \"...\"}}'") from None
+    values = [{}] if values is None else values
+    values = [values] if isinstance(values, dict) else values
+    if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):
+        raise UsageError("--vars must be a JSON object, or a list of objects (one prompt each)")
+    template = Template.from_file(path)
+    return [template.query({k: str(v) for k, v in item.items()}, where="--vars") for item in values]
 
 
 @hookimpl

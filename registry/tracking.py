@@ -6,6 +6,7 @@ first use so that commands which do not touch it start fast.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -96,6 +97,16 @@ class Tracker:
 
     def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(local_file), artifact_path)
+
+    def log_table(self, run_id: str, rows: list[dict], artifact_file: str) -> None:
+        """Rows of one schema as an MLflow table (shown in the run's Evaluation/Artifacts views)."""
+        columns: dict[str, list] = {key: [] for row in rows for key in row}
+        for row in rows:
+            for key in columns:
+                value = row.get(key)
+                # Lists (choices, scores) as JSON text: MLflow tables hold scalars per cell.
+                columns[key].append(json.dumps(value) if isinstance(value, (list, dict)) else value)
+        self.client.log_table(run_id, data=columns, artifact_file=artifact_file)
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

@@ -219,6 +219,28 @@ class LineageStore:
             session.flush()
             return row.to_entity()
 
+    def record_evaluation(self, name: str, version: int, metrics: Mapping[str, float]) -> LineageVariant:
+        """Merge `metrics` into the variant and put their changes on the edges around it.
+
+        An edge gets ``child - parent`` for every one of these metrics that both
+        ends hold, whichever of the two was evaluated first; other deltas stay.
+        """
+        clean = _float_dict("metrics", metrics)
+        with self.session_scope(write=True) as session:
+            row = _require(session, name, version)
+            row.metrics = {**row.metrics, **clean}
+            around = session.scalars(
+                select(Edge).where((Edge.child_id == row.id) | (Edge.parent_id == row.id))
+                .options(joinedload(Edge.parent), joinedload(Edge.child))
+            )
+            for edge in around:
+                child, parent = edge.child.metrics, edge.parent.metrics
+                deltas = {key: child[key] - parent[key] for key in clean if key in child and key in parent}
+                if deltas:
+                    edge.metric_deltas = {**edge.metric_deltas, **deltas}
+            session.flush()
+            return row.to_entity()
+
     def delete_variant(self, name: str, version: int) -> None:
         """Delete the variant; its edges go with it (ON DELETE CASCADE)."""
         with self.session_scope(write=True) as session:

@@ -1,0 +1,110 @@
+"""Prompt templates and few-shot prompts fitted to a context budget.
+
+A template is text with ``{placeholders}`` naming an example's fields. For
+few-shot prompts, ``{answer}`` marks where the answer goes: shots are the
+whole template with their answers filled in, and the question is the
+template up to ``{answer}``. Shots are joined by a blank line, the question
+comes last. When the prompt would not leave room for the answer in the
+model's context, shots are dropped (and counted, so the caller can warn);
+the question itself is never cut: a question too long on its own is an error.
+
+Example:
+    >>> from registry.prompts import Template, fit_prompt
+    >>> template = Template("Q: {question}\\nA:{answer}")
+    >>> template.query({"question": "2+2?"})
+    'Q: 2+2?\\nA:'
+    >>> fit_prompt(template, {"question": "3+3?"}, [{"question": "1+1?", "answer": " 2"}],
+    ...            budget=100, count_tokens=lambda text: len(text.split())).text
+    'Q: 1+1?\\nA: 2\\n\\nQ: 3+3?\\nA:'
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from registry.errors import NotFoundError, UsageError
+
+SHOT_SEPARATOR = "\n\n"
+ANSWER = "answer"
+DEFAULT_TEMPLATE = "{prompt}{answer}"
+
+
+class Template:
+    """A prompt template with ``{field}`` placeholders (``{{`` and ``}}`` for literal braces)."""
+
+    def __init__(self, text: str, source: str = "template"):
+        self.text, self.source = text, source
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as error:
+            raise UsageError(f"{source}: {error}; write literal braces as {{{{ and }}}}") from None
+        self.fields: list[str] = []
+        for _, name, spec, conversion in parsed:
+            if name is None:
+                continue
+            if not name.isidentifier() or spec or conversion:
+                raise UsageError(f"{source}: placeholder {{{name}}} is not a plain field name such as {{question}}")
+            if name not in self.fields:
+                self.fields.append(name)
+        answer_at = text.find("{" + ANSWER + "}")
+        self._query_text = text if answer_at < 0 else text[:answer_at]
+
+    @classmethod
+    def from_file(cls, path: str) -> "Template":
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise NotFoundError(f"template file {path} does not exist; give a text file with {{placeholders}}")
+        try:
+            return cls(file.read_text(encoding="utf-8"), source=f"template {path}")
+        except UnicodeDecodeError:
+            raise UsageError(f"template {path} is not UTF-8 text") from None
+
+    @property
+    def has_answer(self) -> bool:
+        return ANSWER in self.fields
+
+    def _render(self, text: str, values: dict, where: str) -> str:
+        missing = [name for name in _fields_of(text) if name not in values]
+        if missing:
+            raise UsageError(f"{self.source}: {where} has no value for {', '.join('{' + m + '}' for m in missing)}; "
+                             f"give it (fields available: {', '.join(sorted(values)) or 'none'})")
+        return text.format(**{k: v for k, v in values.items() if k in _fields_of(text)})
+
+    def query(self, values: dict, where: str = "the prompt") -> str:
+        """The template up to ``{answer}``, filled in: what the model is asked."""
+        return self._render(self._query_text, values, where)
+
+    def shot(self, values: dict, where: str = "a shot") -> str:
+        """The whole template, answer included: a solved example."""
+        return self._render(self.text, values, where)
+
+
+def _fields_of(text: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(text) if name]
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    text: str
+    shots_used: int
+    shots_dropped: int
+    tokens: int
+
+
+def fit_prompt(template: Template, question: dict, shots: list[dict], *, budget: int,
+               count_tokens: Callable[[str], int], where: str = "the question") -> FittedPrompt:
+    """The few-shot prompt for `question`, with as many of `shots` (in order) as fit in `budget` tokens."""
+    query = template.query(question, where)
+    rendered = [template.shot(shot, f"a shot for {where}") for shot in shots]
+    for keep in range(len(rendered), -1, -1):
+        text = SHOT_SEPARATOR.join(rendered[:keep] + [query])
+        tokens = count_tokens(text)
+        if tokens <= budget:
+            return FittedPrompt(text, keep, len(rendered) - keep, tokens)
+    raise UsageError(
+        f"{where} alone is {tokens} tokens, more than the {budget} the context leaves beside its answer; "
+        "shorten it or use a model with a longer context (questions are never cut)"
+    )

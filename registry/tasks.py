@@ -1,0 +1,137 @@
+"""Evaluation tasks from local JSONL files, and the few-shot prompts built for them.
+
+One example a line; the kind is read from the keys and must be the same on
+every line:
+
+- multiple choice: ``{"prompt": str, "choices": [str, ...], "answer": int}``;
+  each choice is scored as a continuation of the prompt (accuracy);
+- generation: ``{"prompt": str, "answer": str}``; the greedy continuation is
+  scored by exact match, token F1, BLEU and ROUGE;
+- last word (LAMBADA style): ``{"text": str}``; the model must produce the
+  text's last word exactly, given everything before it.
+
+Extra keys are kept: a template may use them as ``{placeholders}``.
+
+Example:
+    >>> from registry import tasks
+    >>> task = tasks.read_task("arithmetic.jsonl")
+    >>> task.kind, len(task.examples)
+    ('multiple_choice', 40)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry.errors import NotFoundError, UsageError
+
+MULTIPLE_CHOICE, GENERATION, LAST_WORD = "multiple_choice", "generation", "last_word"
+
+
+@dataclass(frozen=True)
+class Example:
+    line: int
+    kind: str
+    fields: dict  # the JSON object, with "prompt" and "answer" (the answer's text) always present
+    choices: tuple[str, ...] = ()
+    label: int | None = None  # multiple choice: index of the right choice
+
+    @property
+    def prompt(self) -> str:
+        return self.fields["prompt"]
+
+    @property
+    def answer(self) -> str:
+        return self.fields["answer"]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    path: str
+    kind: str
+    examples: list[Example]
+
+
+def _kind_of(record: dict) -> str | None:
+    if "choices" in record:
+        return MULTIPLE_CHOICE
+    if "prompt" in record and "answer" in record:
+        return GENERATION
+    if "text" in record and "prompt" not in record:
+        return LAST_WORD
+    return None
+
+
+def _example(record: dict, line: int, where: str) -> Example:
+    kind = _kind_of(record)
+    if kind is None:
+        raise UsageError(f"{where}: expected {{\"prompt\", \"choices\", \"answer\"}}, {{\"prompt\", \"answer\"}} "
+                         f"or {{\"text\"}}; got keys {', '.join(sorted(record)) or 'none'}")
+    fields = dict(record)
+    if kind == MULTIPLE_CHOICE:
+        choices, label = record.get("choices"), record.get("answer")
+        if not isinstance(record.get("prompt"), str):
+            raise UsageError(f"{where}: \"prompt\" must be a string")
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+            raise UsageError(f"{where}: \"choices\" must be a list of two or more non-empty strings")
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(choices):
+            raise UsageError(f"{where}: \"answer\" must be the index of the right choice, 0 to {len(choices) - 1}")
+        fields["answer"] = choices[label]
+        return Example(line, kind, fields, tuple(choices), label)
+    if kind == GENERATION:
+        if not isinstance(record["prompt"], str) or not isinstance(record["answer"], str):
+            raise UsageError(f"{where}: \"prompt\" and \"answer\" must be strings")
+        return Example(line, kind, fields)
+    text = record["text"]
+    if not isinstance(text, str) or " " not in text.strip():
+        raise UsageError(f"{where}: \"text\" must be a string of two words or more (the last one is predicted)")
+    context, last_word = text.rstrip().rsplit(" ", 1)
+    fields.update(prompt=context, answer=" " + last_word)
+    return Example(line, kind, fields)
+
+
+def read_task(path: str, name: str | None = None) -> Task:
+    """The examples of a JSONL task file, checked line by line."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise NotFoundError(f"task file {path} does not exist; give a JSONL file with one example a line")
+    examples: list[Example] = []
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"task file {path} is not UTF-8 text") from None
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"{where} is not valid JSON ({error.msg}); one JSON object a line") from None
+        if not isinstance(record, dict):
+            raise UsageError(f"{where} is not a JSON object; one object a line")
+        example = _example(record, number, where)
+        if examples and example.kind != examples[0].kind:
+            raise UsageError(f"{where} is a {example.kind} example but line {examples[0].line} is "
+                             f"{examples[0].kind}; one kind of task per file")
+        examples.append(example)
+    if not examples:
+        raise UsageError(f"task file {path} holds no examples")
+    return Task(name=name or file.stem, path=str(path), kind=examples[0].kind, examples=examples)
+
+
+def choose_shots(task: Task, index: int, pool: Task | None, shots: int, seed: int) -> list[Example]:
+    """`shots` examples for question `index`: from `pool` (a train file), else from the task minus the question."""
+    if shots == 0:
+        return []
+    candidates = pool.examples if pool is not None else task.examples[:index] + task.examples[index + 1:]
+    if len(candidates) < shots:
+        source = f"--train {pool.path}" if pool is not None else f"{task.path} (besides the question)"
+        raise UsageError(f"--shots {shots} needs {shots} examples but {source} has {len(candidates)}; "
+                         "lower --shots or give a larger --train file")
+    # Seeded per question: the same --seed gives every question the same shots, run after run.
+    return random.Random(seed * 1_000_003 + index).sample(candidates, shots)
