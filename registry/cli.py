@@ -188,10 +188,27 @@ def _emit_variant(variant):
 
 @cli.command("list")
 @click.argument("name", required=False)
+@click.option("--best", "best_metric", default=None,
+              help="Only the best variant by this metric (lower perplexity, higher accuracy, ...).")
+@click.option("--max-size-mb", type=float, default=None, help="With --best: only variants of at most this size.")
+@click.option("--max-parameters", type=int, default=None, help="With --best: only variants with at most this many parameters.")
 @common
-def list_(name):
-    """List variants (all, or the versions of NAME)."""
-    variants = open_registry().list(name)
+def list_(name, best_metric, max_size_mb, max_parameters):
+    """List variants (all, or the versions of NAME), or the best one under a constraint."""
+    reg = open_registry()
+    if best_metric is None and (max_size_mb is not None or max_parameters is not None):
+        raise UsageError("--max-size-mb and --max-parameters go with --best METRIC (e.g. --best perplexity)")
+    if best_metric is not None:
+        if reg.search(best_metric, name=name) is None:  # a metric nobody holds: most likely a typo
+            held = sorted({m for v in reg.list(name) for m in v.metrics})
+            raise UsageError(f"no variant has a metric {best_metric!r}; recorded metrics: {', '.join(held) or 'none'}")
+        best = reg.search(best_metric, max_size_mb=max_size_mb, max_parameters=max_parameters, name=name)
+        variants = [best] if best is not None else []
+        if best is None and not as_json():
+            click.echo(f"no variant with {best_metric} is within the limits given")
+            return
+    else:
+        variants = reg.list(name)
     emit({"variants": [v.to_dict() for v in variants]},
          lambda: console().print(_variant_table(variants)) if variants else click.echo("no variants yet"))
 
@@ -312,20 +329,24 @@ device_option = click.option("--device", default="auto", show_default=True,
 
 @cli.command()
 @click.argument("ref")
-@click.argument("prompts", nargs=-1, required=True)
+@click.argument("prompts", nargs=-1)
 @click.option("--max-new-tokens", type=int, default=32, show_default=True)
 @click.option("--sampler", type=click.Choice(["greedy", "top_k", "top_p", "random"]), default="greedy", show_default=True)
 @click.option("--temperature", type=float, default=1.0, show_default=True)
 @click.option("--top-k", type=int, default=50, show_default=True)
 @click.option("--top-p", type=float, default=0.9, show_default=True)
 @click.option("--seed", type=int, default=None)
+@click.option("--template", default=None, help="Prompt template file with {placeholders} (as evaluate uses).")
+@click.option("--vars", "variables", default=None,
+              help="JSON object filling the template's placeholders (a list of objects: one prompt each).")
 @device_option
 @common
-def generate(ref, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed, device):
+def generate(ref, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed, template, variables, device):
     """Continue each PROMPT with the model REF (all prompts in one batch)."""
     result = open_registry().run(
         "generate", ref, prompts=list(prompts), max_new_tokens=max_new_tokens, sampler=sampler,
-        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, device=device,
+        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, template=template, vars=variables,
+        device=device,
     )
 
     def human():
@@ -390,6 +411,10 @@ def _train(capability: str, ref: str, *, name, device, data, val_data, **options
         if "trainable_parameters" in metrics:
             click.echo(f"trained {int(metrics['trainable_parameters']):,} of {int(metrics['total_parameters']):,} "
                        f"weights ({100 * metrics['trainable_share']:.2f}%)")
+        if "teacher_perplexity" in metrics:
+            click.echo(f"student: {int(metrics['parameters']):,} parameters, {metrics['parameter_compression']:.2f}x "
+                       f"fewer than the teacher; held-out perplexity {metrics['perplexity']:,.2f} "
+                       f"against the teacher's {metrics['teacher_perplexity']:,.2f}")
         if "tokens_per_second" in metrics:
             click.echo(f"{int(metrics['train_steps'])} steps, {metrics['tokens_per_second']:,.0f} tokens/s")
 
@@ -418,6 +443,23 @@ def finetune(ref, **options):
 def lora(ref, **options):
     """Train a LoRA adapter on REF (frozen); registers an adapter variant pinned to REF."""
     _train("lora", ref, **options)
+
+
+@cli.command()
+@click.argument("teacher_ref")
+@click.option("--student-layers", type=int, default=None,
+              help="A student of the teacher's shape with K layers, started from every other teacher layer "
+                   "(default: half the teacher's layers).")
+@click.option("--student-config", default=None, help="A randomly initialised student: tiny | gpt2 | ...")
+@click.option("--student-init", default=None, help="A registered variant to start the student from (a second parent).")
+@click.option("--temperature", type=float, default=2.0, show_default=True, help="Softening of both distributions.")
+@click.option("--alpha", type=float, default=0.5, show_default=True,
+              help="Weight of the soft targets; 1 - alpha goes to the text (0: the text alone).")
+@training_options(default_lr=5e-4, operation="distill")
+@common
+def distill(teacher_ref, **options):
+    """Train a smaller student on TEACHER_REF's soft targets and the text; registers the student."""
+    _train("distill", teacher_ref, **options)
 
 
 @cli.command()
@@ -481,58 +523,77 @@ def export(ref, format_, out, quantize, eval_data, new_tokens, name):
     emit({**variant.to_dict(), "out": out}, human)
 
 
-COMPARED_METRICS = ("perplexity", "greedy_tokens_per_second", "speedup", "max_abs_logit_diff", "top1_agreement",
-                    "best_val_loss")
-
-
 @cli.command()
 @click.argument("refs", nargs=-1, required=True)
+@click.option("--chart", default=None, help="Also write the chart (PNG) to this file.")
+@click.option("--log/--no-log", default=True, show_default=True, help="Log the table and chart to MLflow as a run.")
 @common
-def compare(refs):
-    """Side by side: size, parameters and the recorded metrics of each REF."""
-    reg = open_registry()
-    variants = [reg.get(ref) for ref in refs]
-    rows = [v.to_dict() for v in variants]
-    names = [m for m in COMPARED_METRICS if any(m in v.metrics for v in variants)]
-    names += sorted({m for v in variants for m in v.metrics} - set(names) - {"parameters", "size_bytes"})
+def compare(refs, chart, log):
+    """Side by side: size, parameters and the recorded metrics of each REF, with a chart."""
+    document = open_registry().compare(list(refs), log=log, chart=chart)
 
     def human():
         from rich.table import Table
 
+        rows = document["variants"]
         table = Table()
         table.add_column("")
-        for v in variants:
-            table.add_column(v.ref, justify="right")
-        table.add_row("operation", *(v.operation + (f" ({v.tags['format']})" if "format" in v.tags else "")
-                                     for v in variants))
-        table.add_row("weights", *(v.tags.get("weights") or v.tags.get("quantization") or "float32" for v in variants))
-        table.add_row("parameters", *(f"{v.parameters:,}" for v in variants))
-        table.add_row("size", *(human_size(v.size_bytes) for v in variants))
-        for metric in names:
-            table.add_row(metric, *(f"{v.metrics[metric]:,.4g}" if metric in v.metrics else "-" for v in variants))
-        console().print(table)
+        for row in rows:
+            table.add_column(row["ref"], justify="right")
+        table.add_row("operation", *(row["operation"] + (f" ({row['format']})" if row["format"] else "") for row in rows))
+        table.add_row("weights", *(row["weights"] for row in rows))
+        table.add_row("parameters", *(f"{row['parameters']:,}" for row in rows))
+        table.add_row("size", *(human_size(row["size_bytes"]) for row in rows))
+        for metric in document["metrics"]:
+            table.add_row(metric, *(f"{row['metrics'][metric]:,.4g}" if metric in row["metrics"] else "-" for row in rows))
+        out = console()
+        out.print(table)
+        if "chart_uri" in document:
+            out.print(f"chart: {document['chart_uri']} (MLflow run {document['run_id']})")
+        if "chart_file" in document:
+            out.print(f"chart written to {document['chart_file']}")
 
-    emit({"variants": rows, "metrics": names}, human)
+    emit(document, human)
 
 
 @cli.command()
 @click.argument("ref")
-@click.option("--data", multiple=True, required=True, help="Text file, folder or JSONL (repeatable).")
+@click.option("--data", multiple=True, help="Text file, folder or JSONL for perplexity (repeatable).")
 @click.option("--stride", type=int, default=None, help="Sliding-window stride for long texts (default: half the context).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--text-field", default="text", show_default=True)
-@click.option("--log/--no-log", default=True, show_default=True, help="Record the figures on the variant's MLflow run and lineage.")
+@click.option("--task", default=None, help="JSONL task: multiple choice, generation or last word (see README).")
+@click.option("--task-name", default=None, help="Prefix of the task's metrics (default: the file's name).")
+@click.option("--shots", type=int, default=0, show_default=True, help="Solved examples before each question.")
+@click.option("--train", default=None, help="JSONL file the shots come from (default: the task file, minus the question).")
+@click.option("--template", default=None, help="Prompt template file with {placeholders}; {answer} marks the answer.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Which shots each question gets.")
+@click.option("--max-new-tokens", type=int, default=32, show_default=True, help="Generation tasks: tokens per answer.")
+@click.option("--stop", default="\n", show_default="newline", help="Generation tasks: the answer ends before this text.")
+@click.option("--limit", type=int, default=None, help="Only the first N examples of the task.")
+@click.option("--log/--no-log", default=True, show_default=True,
+              help="Record the figures (and the per-example table) on the variant's MLflow run and lineage.")
 @device_option
 @common
-def evaluate(ref, data, stride, batch_size, text_field, log, device):
-    """Perplexity of REF over the data (token-weighted; no token prepended)."""
+def evaluate(ref, log, device, data, **options):
+    """Perplexity of REF over text (token-weighted; no token prepended), and task scores."""
     reg = open_registry()
-    result = reg.run("evaluate", ref, data=list(data), stride=stride, batch_size=batch_size, text_field=text_field,
-                     device=device)
-    variant = reg.record_metrics(ref, result.metrics, data_digest=result.output["data_digest"]) if log else reg.get(ref)
+    result = reg.run("evaluate", ref, data=list(data), device=device, **options)
+    variant = reg.record_evaluation(ref, result) if log else reg.get(ref)
     output = {"ref": variant.ref, **result.output}
-    emit(output, lambda: click.echo(
-        f"{output['ref']}: perplexity {output['perplexity']:,.3f}  mean NLL {output['mean_nll']:.4f}  over {output['tokens']:,} tokens"))
+    for warning in output.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+
+    def human():
+        if "tokens" in output:
+            click.echo(f"{output['ref']}: perplexity {output['perplexity']:,.3f}  mean NLL {output['mean_nll']:.4f}  "
+                       f"{output['bits_per_byte']:.4f} bits per byte  over {int(output['tokens']):,} tokens")
+        if "task" in output:
+            figures = {k: v for k, v in output["metrics"].items() if k.startswith(output["metric_prefix"] + ".")}
+            click.echo(f"{output['ref']}: {output['task']} ({output['task_kind']}, {output['examples']} examples, "
+                       f"{output['shots']}-shot): " + "  ".join(f"{k.split('.')[-1]} {v:.4g}" for k, v in figures.items()))
+
+    emit(output, human)
 
 
 # ---------------------------------------------------------------- the rest

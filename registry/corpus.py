@@ -37,3 +37,35 @@ def write_splits(folder: Path, held_out_every: int = 10) -> tuple[Path, Path, st
     train_file.write_text("\n\n".join(train), encoding="utf-8")
     heldout_file.write_text("\n\n".join(heldout), encoding="utf-8")
     return train_file, heldout_file, origin
+
+
+def write_continuation_task(destination: Path, text_file: Path, count: int = 64, choices: int = 4) -> Path:
+    """A multiple-choice task from `text_file`: which of `choices` continuations follows a passage?
+
+    Each example is a paragraph's first 24 words; the right choice is its next
+    8 words, the others are the same 8 words shuffled. Every choice holds the
+    same words, so only word order (and the passage) tells them apart: a model
+    that learnt nothing scores chance, 1/`choices`. Built the same way on every run.
+    """
+    import json
+    import random
+
+    rng = random.Random(0)
+    lines = []
+    for paragraph in text_file.read_text(encoding="utf-8").split("\n\n"):
+        words = paragraph.split()
+        right = words[24:32]
+        if len(words) < 32 or len(set(right)) < 4:
+            continue
+        options = [" " + " ".join(right)]
+        while len(options) < choices:
+            shuffled = " " + " ".join(rng.sample(right, len(right)))
+            if shuffled not in options:
+                options.append(shuffled)
+        rng.shuffle(options)
+        answer = options.index(" " + " ".join(right))
+        lines.append(json.dumps({"prompt": " ".join(words[:24]), "choices": options, "answer": answer}))
+        if len(lines) == count:
+            break
+    destination.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return destination

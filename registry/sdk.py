@@ -249,19 +249,59 @@ class Registry:
             ],
         }
 
-    
     def search(self, metric: str = "perplexity", *, max_size_mb: float | None = None,
-               max_parameters: int | None = None, higher_is_better: bool = False) -> Variant | None:
-        """The best variant by `metric` under the size constraints, or None."""
+               max_parameters: int | None = None, higher_is_better: bool | None = None,
+               name: str | None = None) -> Variant | None:
+        """The best variant by `metric` among those within the size and parameter limits, or None.
+
+        Lower is better for perplexity, losses and sizes; higher for accuracy,
+        F1, BLEU, ROUGE and speed (`higher_is_better` overrides).
+
+        >>> reg.search("perplexity", max_size_mb=50).ref
+        'quickstart-int8/1'
+        """
+        from registry.comparison import higher_is_better as higher_by_default
+
+        higher = higher_by_default(metric) if higher_is_better is None else higher_is_better
         candidates = [
-            v for v in self.list()
-            if metric in v.metrics
+            v for v in self.list(name)
+            if isinstance(v.metrics.get(metric), (int, float))
             and (max_size_mb is None or v.size_bytes <= max_size_mb * 1e6)
             and (max_parameters is None or v.parameters <= max_parameters)
         ]
         if not candidates:
             return None
-        return (max if higher_is_better else min)(candidates, key=lambda v: v.metrics[metric])
+        return (max if higher else min)(candidates, key=lambda v: v.metrics[metric])
+
+    def compare(self, variants: list, *, log: bool = True, chart: str | Path | None = None) -> dict:
+        """Variants side by side; the table and its chart are logged to MLflow as a comparison run."""
+        import json
+
+        from registry import comparison
+        from registry.tracking import TAG_PREFIX
+
+        variants = [self.get(v) for v in variants]
+        document = comparison.table(variants)
+        with tempfile.TemporaryDirectory(prefix="gpt2reg-compare-") as scratch:
+            folder = Path(scratch)
+            picture = comparison.draw(document, folder / "comparison.png")
+            (folder / "comparison.json").write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
+            if chart is not None:
+                destination = Path(chart).expanduser()
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(picture, destination)
+                document["chart_file"] = str(destination)
+            if log:
+                refs = ", ".join(v.ref for v in variants)
+                run = self.tracker.start_run(run_name=f"compare {refs}"[:250],
+                                             tags={f"{TAG_PREFIX}comparison": refs})
+                try:
+                    self.tracker.log_artifacts(run.info.run_id, folder, "comparison")
+                finally:
+                    self.tracker.finish_run(run.info.run_id)
+                document.update(run_id=run.info.run_id,
+                                chart_uri=f"{run.info.artifact_uri}/comparison/comparison.png")
+        return document
 
     # ------------------------------------------------------------ making variants
 
@@ -360,7 +400,8 @@ class Registry:
                     if not chief:
                         hooks.after_run(capability=cap, variant=parent, result=result, new_variant=None)
                         return result
-                    new = self._record_and_deliver(name=name, operation=cap.operation, parent=parent,
+                    parents = [(parent, cap.parent_role), *result.other_parents]
+                    new = self._record_and_deliver(name=name, operation=cap.operation, parents=parents,
                                                    result=result, staging=staging, kind=cap.variant_kind)
                     for folder in result.discard_after_record:
                         shutil.rmtree(folder, ignore_errors=True)
@@ -375,7 +416,7 @@ class Registry:
         hooks.after_run(capability=cap, variant=parent, result=result, new_variant=new)
         return new if new is not None else result
 
-    def _record_and_deliver(self, *, name, operation, parent, result: CapabilityResult, staging, kind) -> Variant:
+    def _record_and_deliver(self, *, name, operation, parents, result: CapabilityResult, staging, kind) -> Variant:
         """Record the result; copy it to `result.deliver_to` too, both or neither."""
         import json
 
@@ -384,7 +425,7 @@ class Registry:
 
         partial = artifacts.stage_delivery(result.preset_dir, result.deliver_to) if result.deliver_to else None
         try:
-            new = self._record(name=name, operation=operation, parents=[(parent, "parent")], result=result,
+            new = self._record(name=name, operation=operation, parents=parents, result=result,
                                staging=staging, kind=kind)
             if partial is not None:
                 # The recorder wrote the manifest after the copy was staged; the delivered copy
@@ -430,15 +471,27 @@ class Registry:
             return [], settings  # a different registry's variant of the same name
         return [(origin, "source")], settings
 
-    def record_metrics(self, variant: "str | Variant", metrics: dict[str, float], *, data_digest: str | None = None) -> Variant:
-        """Attach evaluation figures to an existing variant (its MLflow run and lineage row)."""
+    def record_metrics(self, variant: "str | Variant", metrics: dict[str, float], *, data_digest: str | None = None,
+                       tables: dict[str, list[dict]] | None = None) -> Variant:
+        """Attach evaluation figures to an existing variant: its MLflow run, its lineage row, and
+        the change of each figure on the lineage edges to its parents and children that hold it too."""
+        import math
+
         variant = self.get(variant)
+        metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         if variant.run_id:
             self.tracker.log_metrics(variant.run_id, metrics)
             if data_digest:
                 self.tracker.set_run_tag(variant.run_id, "gpt2reg.eval_data", data_digest)
-        self.lineage_store.update_metrics(variant.name, variant.version, metrics)
+            for artifact_file, rows in (tables or {}).items():
+                self.tracker.log_table(variant.run_id, rows, artifact_file)
+        self.lineage_store.record_evaluation(variant.name, variant.version, metrics)
         return self.get(variant.ref)
+
+    def record_evaluation(self, variant: "str | Variant", result: CapabilityResult) -> Variant:
+        """Record what `run("evaluate", ...)` measured on the variant it measured."""
+        return self.record_metrics(variant, result.metrics, data_digest=result.settings.get("data_digest"),
+                                   tables=result.tables)
 
     def _progress(self, **fields) -> None:
         if self.progress is not None:

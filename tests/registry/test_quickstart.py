@@ -1,4 +1,8 @@
-"""The main job, shortened: every step registered, perplexity at least halved, int8 close to float32."""
+"""The main job, shortened: every step registered, perplexity at least halved, int8 close to float32,
+a distilled student, task scores on the lineage, a comparison chart."""
+
+from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -8,7 +12,7 @@ def test_quickstart_registers_every_step_and_halves_perplexity(gpt2reg, tmp_path
     result = gpt2reg("quickstart", "--steps", 30, "--json", "--home", home)
     assert result.exit_code == 0, result
     summary = result.json()
-    base, tuned, adapter, merged, quantized = summary["variants"]
+    base, tuned, adapter, merged, quantized, student = summary["variants"]
     assert base["operation"] == "create" and tuned["operation"] == "finetune" and tuned["parents"] == [base["ref"]]
     assert adapter["kind"] == "adapter" and adapter["parents"] == [tuned["ref"]]
     assert merged["operation"] == "merge" and merged["parents"] == [adapter["ref"]]
@@ -16,7 +20,7 @@ def test_quickstart_registers_every_step_and_halves_perplexity(gpt2reg, tmp_path
     # The merged model scores what the adapter on its base scored, on the same text.
     assert merged["metrics"]["perplexity"] == pytest.approx(adapter["metrics"]["perplexity"], rel=1e-4)
     edge = summary["lineage"]["edges"][0]
-    assert [e["operation"] for e in summary["lineage"]["edges"]] == ["finetune", "lora", "merge", "quantize"]
+    assert [e["operation"] for e in summary["lineage"]["edges"]] == ["finetune", "lora", "merge", "quantize", "distill"]
     # int8 weights: a smaller file that scores about what its float parent scores.
     assert quantized["parents"] == [merged["ref"]] and quantized["tags"]["quantization"] == "int8"
     assert quantized["size_bytes"] < 0.6 * merged["size_bytes"]
@@ -27,3 +31,18 @@ def test_quickstart_registers_every_step_and_halves_perplexity(gpt2reg, tmp_path
 
     human = gpt2reg("lineage", tuned["ref"], "--home", home)
     assert base["ref"] in human.stdout and "perplexity" in human.stdout
+
+    # The student: half the teacher's layers, both scored on the same held-out text.
+    assert student["operation"] == "distill" and student["parents"] == [merged["ref"]]
+    assert student["config"]["num_layers"] == merged["config"]["num_layers"] // 2
+    assert student["metrics"]["teacher_perplexity"] == pytest.approx(merged["metrics"]["perplexity"], rel=1e-4)
+    # Task scores on the variants and their change on the teacher-student edge.
+    for variant in (base, merged, student):
+        assert 0 <= variant["metrics"]["word_order.accuracy"] <= 1 and variant["metrics"]["bits_per_byte"] > 0
+    distill_edge = summary["lineage"]["edges"][-1]
+    assert distill_edge["metric_deltas"]["word_order.accuracy"] == pytest.approx(
+        student["metrics"]["word_order.accuracy"] - merged["metrics"]["word_order.accuracy"])
+    chart = Path(urlparse(summary["comparison"]["chart_uri"]).path)
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [row["ref"] for row in summary["comparison"]["variants"]] == [
+        base["ref"], tuned["ref"], merged["ref"], quantized["ref"], student["ref"]]
