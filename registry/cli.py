@@ -604,7 +604,7 @@ def evaluate(ref, log, device, data, **options):
 @click.option("--name", default="quickstart", show_default=True)
 @common
 def quickstart(steps, name):
-    """The whole pipeline on the embedded default: create, fine-tune, evaluate, lineage."""
+    """The whole pipeline on the embedded default: create, fine-tune, LoRA, merge, quantize, distill, evaluate."""
     from registry.quickstart import run_quickstart
 
     reg = open_registry(progress=True)

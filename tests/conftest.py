@@ -12,6 +12,16 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO.parent / "shared" / "fixtures" / "hf-gpt2-tiny"
 
 
+# The longest files start first, so the two test workers finish together rather than one
+# starting the quickstart when everything else is done.
+LONGEST_FIRST = ("test_quickstart.py", "test_distill.py", "test_quantize.py", "test_export.py")
+
+
+def pytest_collection_modifyitems(items):
+    order = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: a file keeps its order
+
+
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     assert (FIXTURE / "reference.json").is_file(), f"the Hugging Face fixture is missing at {FIXTURE}"
