@@ -485,7 +485,7 @@ class Registry:
                 self.tracker.set_run_tag(variant.run_id, "gpt2reg.eval_data", data_digest)
             for artifact_file, rows in (tables or {}).items():
                 self.tracker.log_table(variant.run_id, rows, artifact_file)
-        self.lineage_store.record_evaluation(variant.name, variant.version, metrics)
+        self.lineage_store.update_metrics(variant.name, variant.version, metrics)
         return self.get(variant.ref)
 
     def record_evaluation(self, variant: "str | Variant", result: CapabilityResult) -> Variant:

@@ -209,17 +209,6 @@ class LineageStore:
             return _insert(session, name, version, fields, edges)
 
     def update_metrics(self, name: str, version: int, metrics: Mapping[str, float]) -> LineageVariant:
-        """Merge `metrics` into the variant's metrics; returns the updated variant."""
-        clean = _float_dict("metrics", metrics)
-        with self.session_scope(write=True) as session:
-            row = _require(session, name, version)
-            # A new dict, not an in-place update: plain JSON columns do not
-            # track mutation, so the change would be silently dropped.
-            row.metrics = {**row.metrics, **clean}
-            session.flush()
-            return row.to_entity()
-
-    def record_evaluation(self, name: str, version: int, metrics: Mapping[str, float]) -> LineageVariant:
         """Merge `metrics` into the variant and put their changes on the edges around it.
 
         An edge gets ``child - parent`` for every one of these metrics that both
@@ -228,6 +217,8 @@ class LineageStore:
         clean = _float_dict("metrics", metrics)
         with self.session_scope(write=True) as session:
             row = _require(session, name, version)
+            # A new dict, not an in-place update: plain JSON columns do not
+            # track mutation, so the change would be silently dropped.
             row.metrics = {**row.metrics, **clean}
             around = session.scalars(
                 select(Edge).where((Edge.child_id == row.id) | (Edge.parent_id == row.id))
