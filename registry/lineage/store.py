@@ -6,7 +6,10 @@ import builtins
 import json
 import math
 import os
+import random
 import re
+import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -321,7 +324,7 @@ def _configure_sqlite(engine: Engine) -> None:
             # busy_timeout first: switching a fresh file to WAL needs a lock
             # that another opener may hold.
             cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()
@@ -335,6 +338,28 @@ def _configure_sqlite(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.exec_driver_sql("BEGIN")
+
+
+def _switch_to_wal(cursor: Any, timeout: float = 30.0) -> None:
+    """Put the database file in WAL mode, waiting out other openers.
+
+    The switch needs an exclusive lock. When two connections opening a fresh
+    file both hold a shared lock and both ask for it, SQLite refuses one at
+    once instead of calling the busy handler (deadlock avoidance), so
+    busy_timeout alone does not cover it: retry with a short jittered pause.
+    WAL is a property of the file, so the loser usually finds it already set.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause * (1 + random.random()))
+        pause = min(pause * 2, 0.2)
 
 
 # -- validation -----------------------------------------------------------

@@ -327,6 +327,36 @@ def test_sqlite_pragmas(store, db_path):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+class _RefusingCursor:
+    """A cursor whose WAL switch is refused a given number of times, as SQLite
+    refuses one of two openers that both hold a shared lock on a fresh file."""
+
+    def __init__(self, refusals, message="database is locked"):
+        self.refusals = refusals
+        self.message = message
+        self.calls = 0
+
+    def execute(self, sql):
+        self.calls += 1
+        if self.calls <= self.refusals:
+            raise sqlite3.OperationalError(self.message)
+
+
+def test_wal_switch_retries_a_refused_lock():
+    cursor = _RefusingCursor(refusals=3)
+    store_module._switch_to_wal(cursor)
+    assert cursor.calls == 4
+
+
+def test_wal_switch_gives_up_at_the_deadline_and_passes_other_errors():
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store_module._switch_to_wal(_RefusingCursor(refusals=10**6), timeout=0.05)
+    other = _RefusingCursor(refusals=1, message="disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        store_module._switch_to_wal(other)
+    assert other.calls == 1
+
+
 def test_session_scope_rolls_back_and_maps_errors(store):
     store.add_variant(name="gpt2", version=1, **fields())
     with pytest.raises(RuntimeError):
