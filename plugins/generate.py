@@ -1,13 +1,15 @@
-"""`generate`: continue prompts with greedy, top-k, top-p or random sampling."""
+"""`generate`: continue prompts with any decoding strategy, optionally streamed."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from registry import Capability, CapabilityResult, hookimpl
 from registry.errors import UsageError
 
-SAMPLERS = ("greedy", "top_k", "top_p", "random")
+SAMPLERS = ("greedy", "beam", "top_k", "top_p", "random", "contrastive")
+TRUNCATE = ("none", "left")
 
 
 class Generate(Capability):
@@ -17,13 +19,24 @@ class Generate(Capability):
     class Options:
         prompts: list[str] = field(default_factory=list)
         max_new_tokens: int = 32
+        min_new_tokens: int = 0
         sampler: str = "greedy"
         temperature: float = 1.0
-        top_k: int = 50
+        top_k: int | None = None  # top_k: 50; contrastive: 5 candidates
         top_p: float = 0.9
+        num_beams: int = 4
+        length_penalty: float = 1.0
+        return_all_beams: bool = False
+        penalty_alpha: float = 0.6
+        repetition_penalty: float = 1.0
+        no_repeat_ngram_size: int = 0
+        stop: list[str] = field(default_factory=list)
+        ignore_end_of_text: bool = False
         seed: int | None = None
+        truncate: str = "none"  # "left": drop the prompt's oldest tokens to fit the context
         template: str | None = None  # a file with {placeholders}, filled from `vars` into one prompt per object
         vars: dict | list | str | None = None  # a JSON object (or list of them), or its text
+        on_text: Callable[[Any], None] | None = None  # called with each StreamEvent as text is produced
 
         def __post_init__(self):
             if isinstance(self.prompts, str):
@@ -35,45 +48,82 @@ class Generate(Capability):
                 raise UsageError("--vars fills a --template FILE; give the template too")
             if not self.prompts:
                 raise UsageError("no prompt given: pass at least one PROMPT (or --template FILE --vars JSON)")
+            self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
             if self.sampler not in SAMPLERS:
                 raise UsageError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-            if self.max_new_tokens < 1:
-                raise UsageError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
-            if not self.temperature > 0:
-                raise UsageError(f"--temperature must be greater than 0 (got {self.temperature})")
-            if not 0 < self.top_p <= 1:
-                raise UsageError(f"--top-p must be in (0, 1] (got {self.top_p})")
-            if self.top_k < 1:
-                raise UsageError(f"--top-k must be at least 1 (got {self.top_k})")
+            if self.truncate not in TRUNCATE:
+                raise UsageError(f"unknown --truncate {self.truncate!r}; choose none or left")
+            problems = self.generation_config().problems()
+            if problems:
+                raise UsageError(problems[0])
 
-    def run(self, context, *, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed, template, vars):
-        from backends.tokenizer import decode, encode_batch
+        def generation_config(self):
+            from backends.generation import GenerationConfig
 
+            return GenerationConfig(
+                max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens, sampler=self.sampler,
+                temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, num_beams=self.num_beams,
+                length_penalty=self.length_penalty, return_all_beams=self.return_all_beams,
+                penalty_alpha=self.penalty_alpha, repetition_penalty=self.repetition_penalty,
+                no_repeat_ngram_size=self.no_repeat_ngram_size, stop=tuple(self.stop),
+                stop_at_end_of_text=not self.ignore_end_of_text, seed=self.seed,
+            )
+
+    def run(self, context, *, prompts, truncate, on_text, template, vars, **settings):
+        from backends.tokenizer import encode_batch
+
+        options = self.Options(prompts=prompts, truncate=truncate, **settings)
+        config = options.generation_config()
         prompt_ids = encode_batch(prompts)
         context_length = context.variant.config.get("max_sequence_length")
-        for prompt, ids in zip(prompts, prompt_ids):
-            if context_length and len(ids) + max_new_tokens > context_length:
-                raise UsageError(
-                    f"prompt of {len(ids)} tokens plus {max_new_tokens} new tokens exceeds the model's context of "
-                    f"{context_length}; shorten the prompt or lower --max-new-tokens"
-                )
+        truncated = []
+        for row, ids in enumerate(prompt_ids):
+            if not context_length or len(ids) + config.max_new_tokens <= context_length:
+                continue
+            room = context_length - config.max_new_tokens
+            if truncate == "left" and room >= 1:
+                truncated.append({"prompt": row, "dropped_tokens": len(ids) - room})
+                prompt_ids[row] = ids[len(ids) - room:]
+                continue
+            if truncate == "left":
+                raise UsageError(f"--max-new-tokens {config.max_new_tokens} leaves no room for a prompt in the model's "
+                                 f"context of {context_length}; lower --max-new-tokens")
+            raise UsageError(
+                f"prompt of {len(ids)} tokens plus {config.max_new_tokens} new tokens exceeds the model's context of "
+                f"{context_length}; shorten the prompt, lower --max-new-tokens or pass --truncate left"
+            )
         from backends import generation
 
         with context.strategy().scope():
             lm = context.load_model()
-            results = generation.generate(
-                lm, prompt_ids, max_new_tokens=max_new_tokens, sampler=sampler,
-                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-            )
-        outputs = [
-            {"prompt": prompt, "text": decode(r.token_ids), "token_ids": r.token_ids, "finish_reason": r.finish_reason}
-            for prompt, r in zip(prompts, results)
-        ]
-        return CapabilityResult(
-            output={"outputs": outputs},
-            settings={"sampler": sampler, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                      "top_k": top_k, "top_p": top_p, "seed": seed},
-        )
+            if on_text is None:
+                results = generation.generate(lm, prompt_ids, config)
+            else:
+                decoding = generation.Stream(lm, prompt_ids, config)
+                for event in decoding:
+                    on_text(event)
+                results = decoding.results()
+        outputs = []
+        for prompt, result in zip(prompts, results):
+            item = {"prompt": prompt, "text": result.text, "token_ids": result.token_ids,
+                    "finish_reason": result.finish_reason}
+            if config.return_all_beams:
+                item["beams"] = result.beams
+            outputs.append(item)
+        settings_used = {key: value for key, value in vars_of(config).items() if key != "stop" or value}
+        settings_used["truncate"] = truncate
+        output = {"outputs": outputs}
+        if truncated:
+            output["truncated"] = truncated
+        return CapabilityResult(output=output, settings=settings_used)
+
+
+def vars_of(config) -> dict:
+    from dataclasses import asdict
+
+    values = asdict(config)
+    values["stop"] = list(values["stop"])
+    return values
 
 
 def _prompts_from_template(path: str, values) -> list[str]:

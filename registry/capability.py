@@ -149,7 +149,8 @@ class Capability(ABC):
             checked = cls.Options(**options)
         except TypeError as error:
             raise UsageError(f"{cls.name}: {error}") from None
-        return dataclasses.asdict(checked)
+        # Not dataclasses.asdict: it deep-copies, and an option may be a callback (a stream's sink).
+        return {name: getattr(checked, name) for name in known}
 
     @property
     def makes_variant(self) -> bool:

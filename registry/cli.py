@@ -331,29 +331,82 @@ device_option = click.option("--device", default="auto", show_default=True,
 @click.argument("ref")
 @click.argument("prompts", nargs=-1)
 @click.option("--max-new-tokens", type=int, default=32, show_default=True)
-@click.option("--sampler", type=click.Choice(["greedy", "top_k", "top_p", "random"]), default="greedy", show_default=True)
+@click.option("--min-new-tokens", type=int, default=0, show_default=True, help="End-of-text is refused before this many.")
+@click.option("--sampler", type=click.Choice(["greedy", "beam", "top_k", "top_p", "random", "contrastive"]),
+              default="greedy", show_default=True)
 @click.option("--temperature", type=float, default=1.0, show_default=True)
-@click.option("--top-k", type=int, default=50, show_default=True)
+@click.option("--top-k", type=int, default=None, help="top_k: tokens kept (default 50); contrastive: candidates (default 5).")
 @click.option("--top-p", type=float, default=0.9, show_default=True)
+@click.option("--num-beams", type=int, default=4, show_default=True)
+@click.option("--length-penalty", type=float, default=1.0, show_default=True,
+              help="Beam scores are divided by (new tokens) ** this.")
+@click.option("--return-all-beams", is_flag=True, help="Also list every beam with its score.")
+@click.option("--penalty-alpha", type=float, default=0.6, show_default=True, help="Contrastive search's degeneration penalty.")
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
+@click.option("--no-repeat-ngram-size", type=int, default=0, show_default=True)
+@click.option("--stop", multiple=True, help="Stop at this text and leave it out (repeatable).")
+@click.option("--ignore-end-of-text", is_flag=True, help="Keep generating past <|endoftext|>.")
 @click.option("--seed", type=int, default=None)
+@click.option("--truncate", type=click.Choice(["none", "left"]), default="none", show_default=True,
+              help="left: drop the prompt's oldest tokens when it does not fit the context.")
+@click.option("--stream", is_flag=True, help="Print text as it is produced.")
+@click.option("--log", "log_run", is_flag=True, help="Log the settings and outputs as an MLflow run (a table).")
 @click.option("--template", default=None, help="Prompt template file with {placeholders} (as evaluate uses).")
 @click.option("--vars", "variables", default=None,
               help="JSON object filling the template's placeholders (a list of objects: one prompt each).")
 @device_option
 @common
-def generate(ref, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed, template, variables, device):
+def generate(ref, prompts, stream, log_run, template, variables, device, **settings):
     """Continue each PROMPT with the model REF (all prompts in one batch)."""
-    result = open_registry().run(
-        "generate", ref, prompts=list(prompts), max_new_tokens=max_new_tokens, sampler=sampler,
-        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, template=template, vars=variables,
-        device=device,
-    )
+    registry = open_registry()
+    settings["stop"] = list(settings["stop"])
+    printer = _StreamPrinter() if stream and not as_json() else None
+    result = registry.run("generate", ref, prompts=list(prompts), template=template, vars=variables, device=device,
+                          on_text=printer, **settings)
+    if log_run:
+        result.output["run_id"] = registry.log_generation(ref, result)
 
     def human():
-        for item in result.output["outputs"]:
-            click.echo(item["prompt"] + click.style(item["text"], bold=True))
+        if printer is not None:
+            printer.finish()
+        else:
+            for item in result.output["outputs"]:
+                click.echo(item["prompt"] + click.style(item["text"], bold=True))
+        for item in result.output.get("truncated", []):
+            click.echo(f"note: prompt {item['prompt'] + 1} lost its first {item['dropped_tokens']} tokens to fit the context",
+                       err=True)
+        if "run_id" in result.output:
+            click.echo(f"logged as MLflow run {result.output['run_id']}", err=True)
 
     emit(result.output, human)
+
+
+class _StreamPrinter:
+    """Prints the first unfinished prompt's text as it comes; later prompts' text waits its turn."""
+
+    def __init__(self):
+        self.current = 0
+        self.pending: dict[int, list[str]] = {}
+        self.finished: set[int] = set()
+
+    def __call__(self, event) -> None:
+        self.pending.setdefault(event.row, []).append(event.text)
+        if event.finish_reason is not None:
+            self.finished.add(event.row)
+        self._flush()
+
+    def _flush(self) -> None:
+        while True:
+            pieces = self.pending.pop(self.current, [])
+            if pieces:
+                click.echo("".join(pieces), nl=False)
+            if self.current not in self.finished:
+                return
+            click.echo()
+            self.current += 1
+
+    def finish(self) -> None:
+        self._flush()
 
 
 def training_options(default_lr: float, operation: str):

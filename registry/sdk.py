@@ -303,6 +303,50 @@ class Registry:
                                 chart_uri=f"{run.info.artifact_uri}/comparison/comparison.png")
         return document
 
+    def stream(self, variant: "str | Variant", prompts: "str | list[str]", **options):
+        """Generate with `variant`, yielding each `StreamEvent` (row, text, token_id, finish_reason)
+        as it is produced; the texts of a row join to what `run("generate", ...)` returns."""
+        import queue
+        import threading
+
+        events: queue.Queue = queue.Queue()
+        finished = object()
+        outcome: dict[str, Any] = {}
+
+        def work():
+            try:
+                outcome["result"] = self.run("generate", variant, prompts=prompts, on_text=events.put, **options)
+            except BaseException as error:  # handed to the caller's thread below
+                outcome["error"] = error
+            finally:
+                events.put(finished)
+
+        worker = threading.Thread(target=work, name="gpt2reg-generate", daemon=True)
+        worker.start()
+        while (event := events.get()) is not finished:
+            yield event
+        worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+
+    def log_generation(self, variant: "str | Variant", result: CapabilityResult) -> str:
+        """Log a generation's settings and outputs as an MLflow run of its own (the outputs as a
+        table), so a sample set can be read in the UI; returns the run id."""
+        from registry.tracking import TAG_PREFIX
+
+        variant = self.get(variant)
+        outputs = result.output.get("outputs", [])
+        run = self.tracker.start_run(run_name=f"generate {variant.ref}"[:250],
+                                     tags={f"{TAG_PREFIX}generation": variant.ref})
+        try:
+            self.tracker.log_params(run.info.run_id, {"model": variant.ref, **result.settings})
+            rows = [{"prompt": item["prompt"], "text": item["text"], "new_tokens": len(item["token_ids"]),
+                     "finish_reason": item["finish_reason"]} for item in outputs]
+            self.tracker.log_table(run.info.run_id, rows, "generations.json")
+        finally:
+            self.tracker.finish_run(run.info.run_id)
+        return run.info.run_id
+
     # ------------------------------------------------------------ making variants
 
     @contextmanager

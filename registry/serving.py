@@ -22,6 +22,11 @@ GENERATION_PARAMS = {
     "temperature": ("double", 1.0),
     "top_k": ("long", 50),
     "top_p": ("double", 0.9),
+    "num_beams": ("long", 4),
+    "repetition_penalty": ("double", 1.0),
+    "no_repeat_ngram_size": ("long", 0),
+    "min_new_tokens": ("long", 0),
+    "stop": ("string", ""),
     "seed": ("long", 0),
 }
 
@@ -40,7 +45,7 @@ class _GPT2PyFunc:
 
     def predict(self, context, model_input, params=None):
         from backends import generation
-        from backends.tokenizer import decode, encode
+        from backends.tokenizer import encode
 
         prompts = _prompts(model_input)
         settings = {key: default for key, (_, default) in GENERATION_PARAMS.items()}
@@ -53,9 +58,14 @@ class _GPT2PyFunc:
             temperature=float(settings["temperature"]),
             top_k=int(settings["top_k"]),
             top_p=float(settings["top_p"]),
+            num_beams=int(settings["num_beams"]),
+            repetition_penalty=float(settings["repetition_penalty"]),
+            no_repeat_ngram_size=int(settings["no_repeat_ngram_size"]),
+            min_new_tokens=int(settings["min_new_tokens"]),
+            stop=(str(settings["stop"]),) if settings["stop"] else (),
             seed=int(settings["seed"]),
         )
-        return [decode(r.token_ids) for r in results]
+        return [r.text for r in results]
 
 
 with warnings.catch_warnings():

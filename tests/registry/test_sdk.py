@@ -26,12 +26,13 @@ def test_get_load_lineage_and_search(family_home):
         reg.get("base/7")
 
 
-def test_run_finetune_returns_a_new_variant_and_evaluate_returns_figures(family_home, text_file):
-    reg = Registry(family_home)
-    parent = reg.get("base-finetune")
+def test_run_finetune_returns_a_new_variant_and_evaluate_returns_figures(tmp_path, text_file):
+    # A registry of its own: the shared family must stay as other files expect it.
+    reg = Registry(tmp_path / "home")
+    parent = reg.create("base", config="tiny", seed=0)
     child = reg.run("finetune", parent, name="sdk-child", device="cpu", data=[str(text_file)], steps=2,
                     batch_size=2, seq_len=16)
-    assert child.ref == "sdk-child/1" and child.parents == ("base-finetune/1",)
+    assert child.ref == "sdk-child/1" and child.parents == ("base/1",)
     assert child.content_hash != parent.content_hash
     figures = reg.run("evaluate", child, data=[str(text_file)])
     assert figures.metrics["tokens"] > 100 and figures.metrics["perplexity"] > 1
