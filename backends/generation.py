@@ -342,6 +342,10 @@ class _Decoding:
         self.rngs = [np.random.default_rng(None if seed is None else [seed, row]) for row in range(len(self.prompts))]
 
     def events(self) -> Iterator[StreamEvent]:
+        with self.decoder.lock:
+            yield from self._events()
+
+    def _events(self) -> Iterator[StreamEvent]:
         config, decoder = self.config, self.decoder
         width = config.rows_per_prompt if config.sampler == "contrastive" else 1
         rows = [p for p in self.prompts for _ in range(width)]
@@ -441,6 +445,13 @@ def _cosine(candidates: np.ndarray, past: np.ndarray) -> np.ndarray:
 
 
 def _beam_search(lm, prompts: list[list[int]], config: GenerationConfig) -> list[Generation]:
+    from backends.decoding import decoder_for
+
+    with decoder_for(lm).lock:
+        return _beam_search_locked(lm, prompts, config)
+
+
+def _beam_search_locked(lm, prompts: list[list[int]], config: GenerationConfig) -> list[Generation]:
     """Beam search with Hugging Face's scoring: a finished beam's score is its log-probability
     divided by (its new tokens) ** length_penalty; the search ends when no running beam can beat
     the worst of `num_beams` finished ones, or at `max_new_tokens`."""
