@@ -54,6 +54,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     stop_at_end_of_text: bool = True
     seed: int | None = None
+    xla: bool | None = None  # compile the decoder with XLA; default: for models of 100M parameters or more
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, each as the sentence a user needs."""
@@ -333,7 +334,7 @@ class _Decoding:
         self.config = config
         # An empty prompt means "unconditional": start from end-of-text, as GPT-2 was trained.
         self.prompts = [list(p) if len(p) else [END_OF_TEXT_ID] for p in prompts]
-        self.decoder = decoder_for(lm)
+        self.decoder = decoder_for(lm, config.xla)
         self.histories = [list(p) for p in self.prompts]
         self.generated: list[list[int]] = [[] for _ in self.prompts]
         self.trackers = [_TextTracker(config.stop) for _ in self.prompts]
@@ -447,7 +448,7 @@ def _cosine(candidates: np.ndarray, past: np.ndarray) -> np.ndarray:
 def _beam_search(lm, prompts: list[list[int]], config: GenerationConfig) -> list[Generation]:
     from backends.decoding import decoder_for
 
-    with decoder_for(lm).lock:
+    with decoder_for(lm, config.xla).lock:
         return _beam_search_locked(lm, prompts, config)
 
 
@@ -459,7 +460,7 @@ def _beam_search_locked(lm, prompts: list[list[int]], config: GenerationConfig) 
 
     beams = config.num_beams
     prompts = [list(p) if len(p) else [END_OF_TEXT_ID] for p in prompts]
-    decoder = decoder_for(lm)
+    decoder = decoder_for(lm, config.xla)
     state = decoder.start([p for p in prompts for _ in range(beams)], config.max_new_tokens)
     running = [[[] for _ in range(beams)] for _ in prompts]  # new tokens of each live beam
     scores = np.tile([0.0] + [-np.inf] * (beams - 1), (len(prompts), 1))  # only beam 0 starts

@@ -33,6 +33,7 @@ class Generate(Capability):
         stop: list[str] = field(default_factory=list)
         ignore_end_of_text: bool = False
         seed: int | None = None
+        xla: bool | None = None  # compile with XLA; default: for models of 100M parameters or more
         truncate: str = "none"  # "left": drop the prompt's oldest tokens to fit the context
         template: str | None = None  # a file with {placeholders}, filled from `vars` into one prompt per object
         vars: dict | list | str | None = None  # a JSON object (or list of them), or its text
@@ -66,7 +67,7 @@ class Generate(Capability):
                 length_penalty=self.length_penalty, return_all_beams=self.return_all_beams,
                 penalty_alpha=self.penalty_alpha, repetition_penalty=self.repetition_penalty,
                 no_repeat_ngram_size=self.no_repeat_ngram_size, stop=tuple(self.stop),
-                stop_at_end_of_text=not self.ignore_end_of_text, seed=self.seed,
+                stop_at_end_of_text=not self.ignore_end_of_text, seed=self.seed, xla=self.xla,
             )
 
     def run(self, context, *, prompts, truncate, on_text, template, vars, **settings):

@@ -144,10 +144,12 @@ def sequence_log_probability(lm, prompt, new):
     return float(sum(row[t] - np.log(np.exp(row).sum()) for row, t in zip(rows, new)))
 
 
-def test_greedy_and_one_beam_equal_the_reference_in_one_batch(lm, cases):
+@pytest.mark.parametrize("xla", [False, True], ids=["graph", "xla"])
+def test_greedy_and_one_beam_equal_the_reference_in_one_batch(lm, cases, xla):
     prompts = [case["token_ids"] for case in cases]
-    greedy = generation.generate(lm, prompts, max_new_tokens=16, stop_at_end_of_text=False)
-    beam = generation.generate(lm, prompts, max_new_tokens=16, sampler="beam", num_beams=1, stop_at_end_of_text=False)
+    greedy = generation.generate(lm, prompts, max_new_tokens=16, stop_at_end_of_text=False, xla=xla)
+    beam = generation.generate(lm, prompts, max_new_tokens=16, sampler="beam", num_beams=1, stop_at_end_of_text=False,
+                               xla=xla)
     for case, g, b in zip(cases, greedy, beam):
         assert g.token_ids == case["greedy_16"]
         assert b.token_ids == case["greedy_16"]
@@ -247,12 +249,12 @@ def test_seeds_streaming_and_stop_strings(lm, cases):
 def test_calls_in_the_same_bucket_reuse_the_compiled_functions(lm, cases):
     from backends.decoding import decoder_for
 
-    decoder = decoder_for(lm)
-    generation.generate(lm, [cases[0]["token_ids"]], max_new_tokens=5)
+    decoder = decoder_for(lm, xla=True)
+    generation.generate(lm, [cases[0]["token_ids"]], max_new_tokens=5, xla=True)
     traced = decoder.traces
     # Another prompt length and budget that round to the same buckets: nothing is traced again.
-    generation.generate(lm, [cases[1]["token_ids"][:3]], max_new_tokens=9)
-    generation.generate(lm, [cases[0]["token_ids"]], max_new_tokens=5, sampler="top_k", seed=1)
+    generation.generate(lm, [cases[1]["token_ids"][:3]], max_new_tokens=9, xla=True)
+    generation.generate(lm, [cases[0]["token_ids"]], max_new_tokens=5, sampler="top_k", seed=1, xla=True)
     assert decoder.traces == traced
 
 
