@@ -89,10 +89,6 @@ class GenerationConfig:
             return self.top_k
         return CONTRASTIVE_TOP_K if self.sampler == "contrastive" else 50
 
-    @property
-    def rows_per_prompt(self) -> int:
-        return {"beam": self.num_beams, "contrastive": self.k}.get(self.sampler, 1)
-
 
 @dataclass
 class Generation:
@@ -332,8 +328,7 @@ class _Decoding:
         from backends.decoding import decoder_for
 
         self.config = config
-        # An empty prompt means "unconditional": start from end-of-text, as GPT-2 was trained.
-        self.prompts = [list(p) if len(p) else [END_OF_TEXT_ID] for p in prompts]
+        self.prompts = _unconditional_as_end_of_text(prompts)
         self.decoder = decoder_for(lm, config.xla)
         self.histories = [list(p) for p in self.prompts]
         self.generated: list[list[int]] = [[] for _ in self.prompts]
@@ -348,7 +343,7 @@ class _Decoding:
 
     def _events(self) -> Iterator[StreamEvent]:
         config, decoder = self.config, self.decoder
-        width = config.rows_per_prompt if config.sampler == "contrastive" else 1
+        width = config.k if config.sampler == "contrastive" else 1  # contrastive: k candidate rows per prompt
         rows = [p for p in self.prompts for _ in range(width)]
         state = decoder.start(rows, config.max_new_tokens)
         if config.sampler == "contrastive":
@@ -370,7 +365,7 @@ class _Decoding:
             for row, token in enumerate(chosen):
                 if self.finish[row]:
                     continue
-                yield from self._accept(row, int(token), step)
+                yield from self._accept(row, int(token))
             if all(self.finish):
                 return
             if step + 1 < config.max_new_tokens and config.sampler != "contrastive":
@@ -406,7 +401,7 @@ class _Decoding:
         decoder.reorder(state, parents)
         return chosen
 
-    def _accept(self, row: int, token: int, step: int) -> Iterator[StreamEvent]:
+    def _accept(self, row: int, token: int) -> Iterator[StreamEvent]:
         config = self.config
         if token == END_OF_TEXT_ID and config.stop_at_end_of_text:
             yield self._close(row, "end_of_text")
@@ -448,19 +443,16 @@ def _cosine(candidates: np.ndarray, past: np.ndarray) -> np.ndarray:
 def _beam_search(lm, prompts: list[list[int]], config: GenerationConfig) -> list[Generation]:
     from backends.decoding import decoder_for
 
-    with decoder_for(lm, config.xla).lock:
-        return _beam_search_locked(lm, prompts, config)
+    decoder = decoder_for(lm, config.xla)
+    with decoder.lock:
+        return _beam_search_locked(decoder, _unconditional_as_end_of_text(prompts), config)
 
 
-def _beam_search_locked(lm, prompts: list[list[int]], config: GenerationConfig) -> list[Generation]:
+def _beam_search_locked(decoder, prompts: list[list[int]], config: GenerationConfig) -> list[Generation]:
     """Beam search with Hugging Face's scoring: a finished beam's score is its log-probability
     divided by (its new tokens) ** length_penalty; the search ends when no running beam can beat
     the worst of `num_beams` finished ones, or at `max_new_tokens`."""
-    from backends.decoding import decoder_for
-
     beams = config.num_beams
-    prompts = [list(p) if len(p) else [END_OF_TEXT_ID] for p in prompts]
-    decoder = decoder_for(lm, config.xla)
     state = decoder.start([p for p in prompts for _ in range(beams)], config.max_new_tokens)
     running = [[[] for _ in range(beams)] for _ in prompts]  # new tokens of each live beam
     scores = np.tile([0.0] + [-np.inf] * (beams - 1), (len(prompts), 1))  # only beam 0 starts
@@ -501,7 +493,7 @@ def _beam_search_locked(lm, prompts: list[list[int]], config: GenerationConfig) 
                     if rank < beams:  # as Hugging Face: only a candidate among the best may finish
                         add_finished(prompt, float(flat[index]), running[prompt][b], "end_of_text")
                     continue
-                if config.stop and _stop_index(tokens, config.stop) is not None:
+                if config.stop and _stop_cut(tokens, config.stop) is not None:
                     if rank < beams:
                         add_finished(prompt, float(flat[index]), tokens, "stop")
                     continue
@@ -534,12 +526,20 @@ def _beam_search_locked(lm, prompts: list[list[int]], config: GenerationConfig) 
     return [_beam_result(hypotheses, config) for hypotheses in finished]
 
 
-def _stop_index(tokens: list[int], stops: tuple[str, ...]) -> int | None:
-    from backends.tokenizer import decode
+def _stop_cut(tokens: list[int], stops: tuple[str, ...]) -> tuple[str, int] | None:
+    """The text cut before the first stop string and the tokens wholly before it; None without a match.
+    The same matcher as streaming, so a beam stops exactly where a sampled row would."""
+    tracker = _TextTracker(stops)
+    for token in tokens:
+        tracker.add(token)
+        if tracker.stop_at is not None:
+            return tracker.final()
+    return None
 
-    text = decode(tokens)
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
+
+def _unconditional_as_end_of_text(prompts: list[list[int]]) -> list[list[int]]:
+    """An empty prompt means "unconditional": start from end-of-text, as GPT-2 was trained."""
+    return [list(p) if len(p) else [END_OF_TEXT_ID] for p in prompts]
 
 
 def _beam_result(hypotheses, config: GenerationConfig) -> Generation:
@@ -547,12 +547,8 @@ def _beam_result(hypotheses, config: GenerationConfig) -> Generation:
 
     described = []
     for score, tokens, reason in hypotheses:
-        tracker = _TextTracker(config.stop)
-        for token in tokens:
-            tracker.add(token)
-            if tracker.stop_at is not None:
-                break
-        text, kept = tracker.final()
+        cut = _stop_cut(tokens, config.stop) if config.stop else None
+        text, kept = cut if cut is not None else (decode(tokens), len(tokens))
         described.append({"token_ids": tokens[:kept], "text": text, "score": score, "finish_reason": reason})
     if not described:
         return Generation([], "", "end_of_text")
