@@ -27,6 +27,9 @@ QUANTIZATION_CALIBRATED = ("gptq", "awq")
 QUANTIZATION_DTYPES = ("float16", "bfloat16")
 QUANTIZATION_MODES = QUANTIZATION_WEIGHT_MODES + QUANTIZATION_DTYPES
 
+# Where generation decodes (backends.decoding.decoder_for): auto picks onnx where it can.
+GENERATION_RUNTIMES = ("auto", "keras", "onnx", "litert")
+
 # LoRA target sets, by the names of KerasHub's GPT-2 layers.
 LORA_TARGETS = {
     "query,value": ("query", "value"),

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 
 from backends.configs import END_OF_TEXT_ID
+from backends.configs import GENERATION_RUNTIMES as RUNTIMES
 
 SAMPLERS = ("greedy", "beam", "top_k", "top_p", "random", "contrastive")
 CONTRASTIVE_TOP_K = 5  # KerasHub's ContrastiveSampler default
@@ -55,6 +56,7 @@ class GenerationConfig:
     stop_at_end_of_text: bool = True
     seed: int | None = None
     xla: bool | None = None  # compile the decoder with XLA; default: for models of 100M parameters or more
+    runtime: str = "auto"  # keras, onnx or litert; auto: onnx where it can run the model (backends.decoding)
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, each as the sentence a user needs."""
@@ -81,6 +83,10 @@ class GenerationConfig:
             found.append(f"--penalty-alpha must be in [0, 1] (got {self.penalty_alpha})")
         if any(not s for s in self.stop):
             found.append("--stop must not be empty")
+        if self.runtime not in RUNTIMES:
+            found.append(f"unknown --runtime {self.runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+        elif self.xla is not None and self.runtime not in ("auto", "keras"):
+            found.append(f"--xla/--no-xla choose how Keras compiles; they do not apply to --runtime {self.runtime}")
         return found
 
     @property
@@ -329,7 +335,7 @@ class _Decoding:
 
         self.config = config
         self.prompts = _unconditional_as_end_of_text(prompts)
-        self.decoder = decoder_for(lm, config.xla)
+        self.decoder = decoder_for(lm, config.xla, config.runtime)
         self.histories = [list(p) for p in self.prompts]
         self.generated: list[list[int]] = [[] for _ in self.prompts]
         self.trackers = [_TextTracker(config.stop) for _ in self.prompts]
@@ -443,7 +449,7 @@ def _cosine(candidates: np.ndarray, past: np.ndarray) -> np.ndarray:
 def _beam_search(lm, prompts: list[list[int]], config: GenerationConfig) -> list[Generation]:
     from backends.decoding import decoder_for
 
-    decoder = decoder_for(lm, config.xla)
+    decoder = decoder_for(lm, config.xla, config.runtime)
     with decoder.lock:
         return _beam_search_locked(decoder, _unconditional_as_end_of_text(prompts), config)
 

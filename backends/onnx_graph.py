@@ -1,16 +1,20 @@
-"""GPT-2 as an ONNX graph, written from its weights with `onnx.helper`.
+"""GPT-2 as ONNX graphs, written from its weights with `onnx.helper`.
 
 Why not tf2onnx (the converter behind `keras.Model.export(format="onnx")`):
 converting the 124M `gpt2` configuration with it ran out of 24 GB of memory
 (measured: killed at 24.4 GB resident after 151 s) for a model of 500 MB.
-GPT-2 is a short list of standard ONNX operators, so the graph is written
+GPT-2 is a short list of standard ONNX operators, so the graphs are written
 here directly from the Hugging Face tensor layout (the same tensors an `hf`
 export holds): it takes seconds and about twice the weights in memory, and
-every export is checked against Keras before it is recorded.
+every graph is checked against Keras before it is used.
 
-The graph: input `token_ids` int32 [batch, length], output `logits` float32
-[batch, length, vocabulary]; causal attention over the whole sequence, no
-padding (the same contract as the SavedModel's `score` signature).
+Two graphs:
+
+- `build`: input `token_ids` int32 [batch, length], output `logits` float32
+  [batch, length, vocabulary]; causal attention over the whole sequence, no
+  padding (the same contract as the SavedModel's `score` signature).
+- `build_decoder`: one decoding call with a key/value cache that the caller
+  keeps (see `backends.fast_decoding` for the contract).
 """
 
 from __future__ import annotations
@@ -20,6 +24,92 @@ import math
 import numpy as np
 
 OPSET = 17  # LayerNormalization is a standard operator from 17 on
+DECODER_OPSET = 20  # and Gelu (with the tanh approximation GPT-2 uses) from 20
+
+
+class _Writer:
+    """Nodes and initializers of one graph, with GPT-2's building blocks."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], epsilon: float, opset: int = OPSET, int8: dict | None = None):
+        from onnx import helper, numpy_helper
+
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.tensors = tensors
+        self.int8 = int8 or {}
+        self.epsilon = epsilon
+        self.opset = opset
+        self.nodes, self.initializers = [], []
+        self._counter = iter(range(1_000_000))
+
+    def weight(self, name: str, array=None) -> str:
+        value = self.tensors[f"transformer.{name}"] if array is None else array
+        # np.asarray, not np.ascontiguousarray: the latter turns a scalar into shape (1,).
+        self.initializers.append(self.numpy_helper.from_array(np.asarray(value, order="C"), name))
+        return name
+
+    def constant(self, values, dtype) -> str:
+        return self.weight(f"const_{next(self._counter)}", np.asarray(values, dtype=dtype))
+
+    def op(self, op_type: str, *inputs: str, outputs: list[str] | None = None, **attributes) -> str:
+        outputs = outputs or [f"{op_type.lower()}_{next(self._counter)}"]
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), outputs, **attributes))
+        return outputs[0]
+
+    def layer_norm(self, x: str, prefix: str) -> str:
+        return self.op("LayerNormalization", x, self.weight(f"{prefix}.weight"), self.weight(f"{prefix}.bias"),
+                       axis=-1, epsilon=self.epsilon)
+
+    def matmul(self, x: str, name: str, output: str | None = None) -> str:
+        """x times the [inputs, outputs] weight `name`: int8 when the writer holds int8 values for it."""
+        outputs = [output] if output else None
+        if name not in self.int8:
+            return self.op("MatMul", x, self.weight(name), outputs=outputs)
+        values, scale = self.int8[name]
+        inputs, columns = values.shape
+        block = _block_size(inputs)
+        blocks = inputs // block
+        # MatMulNBits's layout: [outputs, blocks, block] unsigned, zero point 2**(bits-1) = 128
+        # (so a stored 128 is a weight of 0), one scale per block: here the column's own scale
+        # in every block of the column, which keeps the int8 values exactly as given.
+        stored = (values.T.astype(np.int16) + 128).astype(np.uint8).reshape(columns, blocks, block)
+        scales = np.repeat(scale.astype(np.float32)[:, None], blocks, axis=1).reshape(-1)
+        return self.op("MatMulNBits", x, self.weight(f"{name}.int8", stored), self.weight(f"{name}.scale", scales),
+                       outputs=outputs, domain="com.microsoft", K=inputs, N=columns, bits=8, block_size=block,
+                       accuracy_level=4)
+
+    def dense(self, x: str, prefix: str) -> str:
+        return self.op("Add", self.matmul(x, f"{prefix}.weight"), self.weight(f"{prefix}.bias"))
+
+    def feedforward(self, x: str, prefix: str) -> str:
+        """x plus the block's feed-forward part."""
+        h = self.dense(self.layer_norm(x, f"{prefix}.ln_2"), f"{prefix}.mlp.c_fc")
+        if self.opset >= 20:  # one fused operator instead of six
+            return self.op("Add", x, self.dense(self.op("Gelu", h, approximate="tanh"), f"{prefix}.mlp.c_proj"))
+        # GELU, tanh approximation (GPT-2's "gelu_new"): 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3))).
+        dtype = np.float32
+        cube = self.op("Mul", self.op("Mul", h, h), h)
+        inner = self.op("Mul", self.constant(math.sqrt(2.0 / math.pi), dtype),
+                        self.op("Add", h, self.op("Mul", self.constant(0.044715, dtype), cube)))
+        h = self.op("Mul", self.op("Mul", self.constant(0.5, dtype), h),
+                    self.op("Add", self.constant(1.0, dtype), self.op("Tanh", inner)))
+        return self.op("Add", x, self.dense(h, f"{prefix}.mlp.c_proj"))
+
+    def model(self, inputs, outputs):
+        graph = self.helper.make_graph(self.nodes, "gpt2", inputs, outputs, self.initializers)
+        opsets = [self.helper.make_opsetid("", self.opset)]
+        if self.int8:
+            opsets.append(self.helper.make_opsetid("com.microsoft", 1))
+        return self.helper.make_model(graph, opset_imports=opsets, producer_name="gpt2-registry")
+
+
+def _block_size(inputs: int) -> int:
+    """The largest power of two, at most 256, that divides `inputs` (MatMulNBits needs at least 16)."""
+    block = 256
+    while inputs % block:
+        block //= 2
+    if block < 16:
+        raise ValueError(f"an int8 runtime kernel needs a width divisible by 16, not {inputs}")
+    return block
 
 
 def build(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads: int, epsilon: float = 1e-5):
@@ -27,30 +117,8 @@ def build(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads: int, ep
     from onnx import TensorProto, helper, numpy_helper
 
     tensors = {name: np.asarray(value, dtype=np.float32) for name, value in tensors.items()}
-    nodes, initializers = [], []
-    counter = iter(range(1_000_000))
-
-    def weight(name: str, array=None) -> str:
-        value = tensors[f"transformer.{name}"] if array is None else array
-        # np.asarray, not np.ascontiguousarray: the latter turns a scalar into shape (1,).
-        initializers.append(numpy_helper.from_array(np.asarray(value, order="C"), name))
-        return name
-
-    def constant(values, dtype) -> str:
-        return weight(f"const_{next(counter)}", np.asarray(values, dtype=dtype))
-
-    def op(op_type: str, *inputs: str, **attributes) -> str:
-        output = f"{op_type.lower()}_{next(counter)}"
-        nodes.append(helper.make_node(op_type, list(inputs), [output], **attributes))
-        return output
-
-    def layer_norm(x, prefix):
-        return op("LayerNormalization", x, weight(f"{prefix}.weight"), weight(f"{prefix}.bias"),
-                  axis=-1, epsilon=epsilon)
-
-    def dense(x, prefix):
-        return op("Add", op("MatMul", x, weight(f"{prefix}.weight")), weight(f"{prefix}.bias"))
-
+    w = _Writer(tensors, epsilon)
+    op, constant = w.op, w.constant
     width = tensors["transformer.wte.weight"].shape[1]
     head_dim = width // num_heads
     dtype = np.float32
@@ -59,7 +127,7 @@ def build(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads: int, ep
     shape = op("Shape", "token_ids")
     length = op("Gather", shape, constant(1, np.int64), axis=0)
     positions = op("Range", constant(0, np.int64), length, constant(1, np.int64))
-    x = op("Add", op("Gather", weight("wte.weight"), "token_ids"), op("Gather", weight("wpe.weight"), positions))
+    x = op("Add", op("Gather", w.weight("wte.weight"), "token_ids"), op("Gather", w.weight("wpe.weight"), positions))
 
     # Causal mask: -inf-like above the diagonal, 0 on and below it, [length, length].
     square = op("Concat", op("Unsqueeze", length, constant([0], np.int64)),
@@ -70,41 +138,122 @@ def build(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads: int, ep
     heads_shape = constant([0, 0, num_heads, head_dim], np.int64)
     merged_shape = constant([0, 0, width], np.int64)
     scale = constant(1.0 / math.sqrt(head_dim), dtype)
-    half, one = constant(0.5, dtype), constant(1.0, dtype)
-    gelu_a, gelu_b = constant(math.sqrt(2.0 / math.pi), dtype), constant(0.044715, dtype)
 
     for index in range(num_layers):
         prefix = f"h.{index}"
-        h = layer_norm(x, f"{prefix}.ln_1")
-        qkv = dense(h, f"{prefix}.attn.c_attn")
-        nodes.append(helper.make_node("Split", [qkv, constant([width] * 3, np.int64)],
-                                      [f"q_{index}", f"k_{index}", f"v_{index}"], axis=-1))
+        h = w.layer_norm(x, f"{prefix}.ln_1")
+        qkv = w.dense(h, f"{prefix}.attn.c_attn")
+        op("Split", qkv, constant([width] * 3, np.int64), outputs=[f"q_{index}", f"k_{index}", f"v_{index}"], axis=-1)
         q = op("Transpose", op("Reshape", f"q_{index}", heads_shape), perm=[0, 2, 1, 3])
         k = op("Transpose", op("Reshape", f"k_{index}", heads_shape), perm=[0, 2, 3, 1])
         v = op("Transpose", op("Reshape", f"v_{index}", heads_shape), perm=[0, 2, 1, 3])
         scores = op("Add", op("Mul", op("MatMul", q, k), scale), causal)
         attended = op("MatMul", op("Softmax", scores, axis=-1), v)
         attended = op("Reshape", op("Transpose", attended, perm=[0, 2, 1, 3]), merged_shape)
-        x = op("Add", x, dense(attended, f"{prefix}.attn.c_proj"))
+        x = op("Add", x, w.dense(attended, f"{prefix}.attn.c_proj"))
+        x = w.feedforward(x, prefix)
 
-        h = dense(layer_norm(x, f"{prefix}.ln_2"), f"{prefix}.mlp.c_fc")
-        # GELU, tanh approximation (GPT-2's "gelu_new"): 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3))).
-        cube = op("Mul", op("Mul", h, h), h)
-        inner = op("Mul", gelu_a, op("Add", h, op("Mul", gelu_b, cube)))
-        h = op("Mul", op("Mul", half, h), op("Add", one, op("Tanh", inner)))
-        x = op("Add", x, dense(h, f"{prefix}.mlp.c_proj"))
-
-    x = layer_norm(x, "ln_f")
+    x = w.layer_norm(x, "ln_f")
     # Logits against the tied embedding, read in place (Gemm transB) rather than from a transposed copy.
     flat = op("Reshape", x, constant([-1, width], np.int64))
     logits = op("Gemm", flat, "wte.weight", transB=1)
     out_shape = op("Concat", shape, constant([-1], np.int64), axis=0)
-    nodes.append(helper.make_node("Reshape", [logits, out_shape], ["logits"]))
+    op("Reshape", logits, out_shape, outputs=["logits"])
 
-    graph = helper.make_graph(
-        nodes, "gpt2",
+    return w.model(
         [helper.make_tensor_value_info("token_ids", TensorProto.INT32, ["batch", "length"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "length", "vocabulary"])],
-        initializers,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="gpt2-registry")
+
+
+def build_decoder(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads: int, epsilon: float = 1e-5,
+                  int8: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
+    """An `onnx.ModelProto` for one decoding call of `T` new tokens against a cache of `S` slots.
+
+    Inputs: `token_ids` int32 [B, T]; `positions` int32 [B, T] (each token's
+    position, per row); `last_index` int64 [B, 1] (which of the T tokens gives
+    the logits); `attention_bias` float32 [B, 1, T, S + T] (0 where a token
+    may attend to a cache slot or to a new token, -1e9 where not);
+    `past_key_{i}` float32 [B, heads, head_dim, S] and `past_value_{i}`
+    [B, heads, S, head_dim] for each layer i.
+
+    Outputs: `logits` [B, vocabulary] at `last_index`; `hidden` [B, T, width]
+    (after the final norm); `new_key_{i}` [B, heads, head_dim, T] and
+    `new_value_{i}` [B, heads, T, head_dim], for the caller to store.
+
+    The cache comes in and the new keys and values go out separately, so no
+    call copies the cache: the attention scores against the cache and against
+    the new tokens are computed apart and share one softmax.
+
+    `int8`: the Hugging Face names of the matrices to multiply in int8, each
+    `(values [inputs, outputs] int8, scale [outputs])`. They run as
+    onnxruntime's `MatMulNBits` with 8 bits and int8 arithmetic
+    (accuracy_level 4: activations quantized per block at each call). Measured
+    on a 768 x 3072 product here: onnxruntime's `DynamicQuantizeMatMul` (what
+    `quantize_dynamic` makes) was as fast but off by 15% of the largest output
+    (int16 saturation of its u8 x s8 kernel on CPUs without VNNI), this
+    kernel by 0.9%.
+    """
+    from onnx import TensorProto, helper
+
+    tensors = {name: np.asarray(value, dtype=np.float32) for name, value in tensors.items()}
+    # The output projection as a [width, vocabulary] product, like every other matrix (the
+    # int8 kernel takes that layout; it is a third of `gpt2`'s arithmetic per token).
+    if "transformer.lm_head.weight" not in (int8 or {}):
+        tensors["transformer.lm_head.weight"] = np.ascontiguousarray(tensors["transformer.wte.weight"].T)
+    w = _Writer(tensors, epsilon, DECODER_OPSET, int8={name.removeprefix("transformer."): value
+                                                      for name, value in (int8 or {}).items()})
+    op, constant = w.op, w.constant
+    width = tensors["transformer.wte.weight"].shape[1]
+    head_dim = width // num_heads
+
+    x = op("Add", op("Gather", w.weight("wte.weight"), "token_ids"), op("Gather", w.weight("wpe.weight"), "positions"))
+    bias = "attention_bias"
+    heads_shape = constant([0, 0, num_heads, head_dim], np.int64)
+    merged_shape = constant([0, 0, width], np.int64)
+    scale = constant(1.0 / math.sqrt(head_dim), np.float32)
+    # Split sizes of the scores' last axis: S cache slots, then T new tokens.
+    cache_slots = op("Slice", op("Shape", "past_key_0"), constant([3], np.int64), constant([4], np.int64))
+    new_tokens = op("Slice", op("Shape", "token_ids"), constant([1], np.int64), constant([2], np.int64))
+    split_sizes = op("Concat", cache_slots, new_tokens, axis=0)
+
+    for index in range(num_layers):
+        prefix = f"h.{index}"
+        h = w.layer_norm(x, f"{prefix}.ln_1")
+        qkv = w.dense(h, f"{prefix}.attn.c_attn")
+        op("Split", qkv, constant([width] * 3, np.int64), outputs=[f"q_{index}", f"k_{index}", f"v_{index}"], axis=-1)
+        q = op("Transpose", op("Reshape", f"q_{index}", heads_shape), perm=[0, 2, 1, 3])  # [B, H, T, D]
+        k = op("Transpose", op("Reshape", f"k_{index}", heads_shape), perm=[0, 2, 3, 1],
+               outputs=[f"new_key_{index}"])  # [B, H, D, T]
+        v = op("Transpose", op("Reshape", f"v_{index}", heads_shape), perm=[0, 2, 1, 3],
+               outputs=[f"new_value_{index}"])  # [B, H, T, D]
+        q = op("Mul", q, scale)
+        scores = op("Concat", op("MatMul", q, f"past_key_{index}"), op("MatMul", q, k), axis=-1)
+        weights = op("Softmax", op("Add", scores, bias), axis=-1)
+        past_weights, new_weights = f"past_weights_{index}", f"new_weights_{index}"
+        op("Split", weights, split_sizes, outputs=[past_weights, new_weights], axis=-1)
+        attended = op("Add", op("MatMul", past_weights, f"past_value_{index}"), op("MatMul", new_weights, v))
+        attended = op("Reshape", op("Transpose", attended, perm=[0, 2, 1, 3]), merged_shape)
+        x = op("Add", x, w.dense(attended, f"{prefix}.attn.c_proj"))
+        x = w.feedforward(x, prefix)
+
+    hidden = w.layer_norm(x, "ln_f")
+    op("Identity", hidden, outputs=["hidden"])
+    last = op("GatherND", hidden, "last_index", batch_dims=1)  # [B, width]
+    w.matmul(last, "lm_head.weight", output="logits")
+
+    float_input = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    inputs = [
+        helper.make_tensor_value_info("token_ids", TensorProto.INT32, ["batch", "new"]),
+        helper.make_tensor_value_info("positions", TensorProto.INT32, ["batch", "new"]),
+        helper.make_tensor_value_info("last_index", TensorProto.INT64, ["batch", 1]),
+        float_input("attention_bias", ["batch", 1, "new", "slots_and_new"]),
+    ]
+    outputs = [float_input("logits", ["batch", tensors["transformer.wte.weight"].shape[0]]),
+               float_input("hidden", ["batch", "new", width])]
+    for index in range(num_layers):
+        inputs += [float_input(f"past_key_{index}", ["batch", num_heads, head_dim, "slots"]),
+                   float_input(f"past_value_{index}", ["batch", num_heads, "slots", head_dim])]
+        outputs += [float_input(f"new_key_{index}", ["batch", num_heads, head_dim, "new"]),
+                    float_input(f"new_value_{index}", ["batch", num_heads, "new", head_dim])]
+    return w.model(inputs, outputs)

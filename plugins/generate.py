@@ -34,6 +34,7 @@ class Generate(Capability):
         ignore_end_of_text: bool = False
         seed: int | None = None
         xla: bool | None = None  # compile with XLA; default: for models of 100M parameters or more
+        runtime: str = "auto"  # keras, onnx or litert; auto: onnx where it can run the variant
         truncate: str = "none"  # "left": drop the prompt's oldest tokens to fit the context
         template: str | None = None  # a file with {placeholders}, filled from `vars` into one prompt per object
         vars: dict | list | str | None = None  # a JSON object (or list of them), or its text
@@ -68,6 +69,7 @@ class Generate(Capability):
                 penalty_alpha=self.penalty_alpha, repetition_penalty=self.repetition_penalty,
                 no_repeat_ngram_size=self.no_repeat_ngram_size, stop=tuple(self.stop),
                 stop_at_end_of_text=not self.ignore_end_of_text, seed=self.seed, xla=self.xla,
+                runtime=self.runtime,
             )
 
     def run(self, context, *, prompts, truncate, on_text, template, vars, **settings):
@@ -113,7 +115,10 @@ class Generate(Capability):
             outputs.append(item)
         settings_used = {key: value for key, value in vars_of(config).items() if key != "stop" or value}
         settings_used["truncate"] = truncate
-        output = {"outputs": outputs}
+        from backends.decoding import resolve_runtime
+
+        settings_used["runtime"] = resolve_runtime(lm, config.xla, config.runtime)
+        output = {"outputs": outputs, "runtime": settings_used["runtime"]}
         if truncated:
             output["truncated"] = truncated
         return CapabilityResult(output=output, settings=settings_used)

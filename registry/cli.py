@@ -349,8 +349,11 @@ device_option = click.option("--device", default="auto", show_default=True,
 @click.option("--seed", type=int, default=None)
 @click.option("--truncate", type=click.Choice(["none", "left"]), default="none", show_default=True,
               help="left: drop the prompt's oldest tokens when it does not fit the context.")
+@click.option("--runtime", type=click.Choice(["auto", "keras", "onnx", "litert"]), default="auto", show_default=True,
+              help="Where to decode: onnxruntime (int8 kernels for int8 variants), LiteRT or Keras; "
+                   "auto: onnx for float32 and int8 variants, keras for the rest.")
 @click.option("--xla/--no-xla", default=None,
-              help="Compile the decoder with XLA (default: for models of 100M parameters or more).")
+              help="Compile the Keras decoder with XLA (default: for models of 100M parameters or more).")
 @click.option("--stream", is_flag=True, help="Print text as it is produced.")
 @click.option("--log", "log_run", is_flag=True, help="Log the settings and outputs as an MLflow run (a table).")
 @click.option("--template", default=None, help="Prompt template file with {placeholders} (as evaluate uses).")

@@ -44,6 +44,11 @@ class Home:
         return self.path / ".staging"
 
     @property
+    def runtimes(self) -> Path:
+        """Decoder graphs built for onnxruntime and LiteRT, by weights digest (safe to delete)."""
+        return self.path / "runtimes"
+
+    @property
     def checkpoints(self) -> Path:
         """Training checkpoints of unfinished runs, by run fingerprint (kept for --resume)."""
         return self.path / "checkpoints"

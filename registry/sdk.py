@@ -222,7 +222,7 @@ class Registry:
                 f"use its source {variant.parent}, or run the files with their own runtime"
             )
         if variant.kind != "adapter":
-            return keras_gpt2.load(path, dtype=dtype)
+            return self._with_runtime_cache(keras_gpt2.load(path, dtype=dtype))
         from backends import lora
 
         base_variant = self.get(base or variant.parent)
@@ -234,6 +234,13 @@ class Registry:
             )
         lm = self.load(base_variant, dtype=dtype)
         lora.load_adapter(lm, path)
+        return lm
+
+    def _with_runtime_cache(self, lm):
+        # Decoders for onnxruntime and LiteRT are built from the weights once and kept in
+        # the home by the weights' digest (`backends.fast_decoding`), so later runs reuse them.
+        if self.home.is_local:
+            lm._gpt2reg_runtime_cache = str(self.home.runtimes)
         return lm
 
     def lineage(self, variant: "str | Variant") -> dict[str, Any]:

@@ -144,12 +144,13 @@ def sequence_log_probability(lm, prompt, new):
     return float(sum(row[t] - np.log(np.exp(row).sum()) for row, t in zip(rows, new)))
 
 
-@pytest.mark.parametrize("xla", [False, True], ids=["graph", "xla"])
-def test_greedy_and_one_beam_equal_the_reference_in_one_batch(lm, cases, xla):
+@pytest.mark.parametrize("runtime", [dict(xla=False), dict(xla=True), dict(runtime="onnx"), dict(runtime="litert")],
+                         ids=["keras-graph", "keras-xla", "onnx", "litert"])
+def test_greedy_and_one_beam_equal_the_reference_in_one_batch(lm, cases, runtime):
     prompts = [case["token_ids"] for case in cases]
-    greedy = generation.generate(lm, prompts, max_new_tokens=16, stop_at_end_of_text=False, xla=xla)
+    greedy = generation.generate(lm, prompts, max_new_tokens=16, stop_at_end_of_text=False, **runtime)
     beam = generation.generate(lm, prompts, max_new_tokens=16, sampler="beam", num_beams=1, stop_at_end_of_text=False,
-                               xla=xla)
+                               **runtime)
     for case, g, b in zip(cases, greedy, beam):
         assert g.token_ids == case["greedy_16"]
         assert b.token_ids == case["greedy_16"]

@@ -24,6 +24,8 @@ LONG_PROMPT = "word " * 120  # 120 tokens: with 16 new ones, past the 128-token 
         (["generate", "fx", "hi", "--stop", ""], "--stop must not be empty"),
         (["generate", "fx", "hi", "--min-new-tokens", "40"], "--min-new-tokens must be between 0 and --max-new-tokens"),
         (["generate", "fx", "hi", "--truncate", "right"], "right"),
+        (["generate", "fx", "hi", "--runtime", "tensorrt"], "tensorrt"),
+        (["generate", "fx", "hi", "--runtime", "litert", "--xla"], "do not apply to --runtime litert"),
         (["generate", "fx", "hi", "--max-new-tokens", "128", "--truncate", "left"], "leaves no room for a prompt"),
         (["finetune", "fx", "--data", "missing.txt", "--steps", "1"], "missing.txt does not exist"),
         (["finetune", "fx", "--data", "{empty}", "--steps", "1"], "is empty"),

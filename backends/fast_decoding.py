@@ -1,0 +1,429 @@
+"""Decoding through runtimes with real int8 kernels: onnxruntime or LiteRT.
+
+Keras's `int8` mode stores int8 weights but, on CPU, decodes slower than
+float32 (SPEC section 9). `RuntimeDecoder` decodes a KerasHub GPT-2 through a
+graph written for one runtime instead, with the same interface as
+`backends.decoding.CompiledDecoder` (so every sampler of
+`backends.generation` runs on it unchanged):
+
+- the graph (`backends.onnx_graph.build_decoder`) takes T new tokens, their
+  per-row positions and an attention bias, and the key/value cache of every
+  layer; it returns the logits at each row's last token, the hidden states,
+  and the new keys and values;
+- the cache lives here, as numpy arrays of a fixed number of slots (a
+  multiple of CACHE_BUCKET), handed to the runtime without copying; the new
+  keys and values are written into it after each call. The prompt fills
+  slots 0..P-1 (P: the longest prompt rounded up to PROMPT_BUCKET) and the
+  n-th new token slot P+n for every row; a row's unused slots are masked
+  out by the attention bias, so a row decodes the same in any batch;
+- a float32 variant runs in float32; an int8 variant runs with int8
+  weights: onnxruntime's dynamic quantization (int8 weights per output
+  channel, activations quantized per call), whose per-channel scales are
+  those Keras's int8 mode already chose, so the weights are the variant's own.
+
+Example:
+    >>> decoder = RuntimeDecoder.build(lm, "onnx", cache_dir="runtimes")
+    >>> state = decoder.start([[464, 2068, 7586]], max_new_tokens=8)
+    >>> logits, hidden = decoder.step(state, tokens=[1180])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from backends.decoding import CACHE_BUCKET, PROMPT_BUCKET, round_up
+from registry.errors import UsageError
+
+BLOCKED = np.float32(-1e9)  # the attention bias of a slot a token may not see
+
+
+def model_tensors(backbone) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]], str]:
+    """The backbone's weights in the Hugging Face GPT-2 layout: float32 tensors, the int8 ones, the precision.
+
+    For an int8 variant, each int8 matrix (Keras's own values) is also returned
+    as `(values [inputs, outputs] int8, scale [outputs] float32)` with
+    weight = values * scale, under its Hugging Face name (the output
+    projection, from the tied embedding, as `transformer.lm_head.weight`);
+    the float tensor beside it is the same weight dequantized. Other
+    quantization modes have no runtime kernel here.
+    """
+    width = backbone.hidden_dim
+    modes = {getattr(layer, "quantization_mode", None) for layer in backbone._flatten_layers(include_self=False)}
+    modes.discard(None)
+    if modes - {"int8"}:
+        raise UsageError(f"the onnx and litert runtimes decode float32 and int8 variants, not "
+                         f"{', '.join(sorted(modes - {'int8'}))}; use --runtime keras")
+    if backbone.dtype_policy.compute_dtype != "float32":
+        raise UsageError(f"the onnx and litert runtimes decode float32 and int8 variants, not "
+                         f"{backbone.dtype_policy.compute_dtype}; use --runtime keras")
+    precision = "int8" if modes else "float32"
+    tensors: dict[str, np.ndarray] = {}
+    int8: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def matrix(dense, inputs: int) -> tuple[np.ndarray, tuple | None]:
+        """The kernel as [inputs, outputs] float32, and (int8 values, per-output scale) when int8."""
+        if getattr(dense, "quantization_mode", None) != "int8":
+            return np.asarray(dense.kernel, dtype=np.float32).reshape(inputs, -1), None
+        scale = dense.kernel_scale
+        if hasattr(dense, "_adjust_scale_for_dequant"):  # EinsumDense: the scale's axes follow the equation
+            scale = dense._adjust_scale_for_dequant(scale)
+        values = np.asarray(dense._kernel, dtype=np.int8).reshape(inputs, -1)
+        # Keras stores value = round(weight * scale), one scale per output.
+        column_scale = (1.0 / np.asarray(scale, dtype=np.float32)).reshape(-1)
+        if column_scale.size == 1:
+            column_scale = np.full(values.shape[1], column_scale[0], np.float32)
+        return values.astype(np.float32) * column_scale, (values, column_scale)
+
+    def put(name: str, denses, inputs: int) -> None:
+        parts = [matrix(dense, inputs) for dense in denses]
+        tensors[f"{name}.weight"] = np.concatenate([weight for weight, _ in parts], axis=1)
+        tensors[f"{name}.bias"] = np.concatenate([np.asarray(d.bias, dtype=np.float32).reshape(-1) for d in denses])
+        if parts[0][1] is not None:
+            int8[f"{name}.weight"] = (np.concatenate([q for _, (q, _) in parts], axis=1),
+                                      np.concatenate([c for _, (_, c) in parts]))
+
+    embedding = backbone.token_embedding
+    if getattr(embedding, "quantization_mode", None) == "int8":
+        values = np.asarray(embedding.embeddings, dtype=np.int8)  # [vocabulary, width], one scale per row
+        row_scale = 1.0 / np.asarray(embedding.embeddings_scale, dtype=np.float32).reshape(-1)
+        tensors["transformer.wte.weight"] = values.astype(np.float32) * row_scale[:, None]
+        int8["transformer.lm_head.weight"] = (values.T, row_scale)
+    else:
+        tensors["transformer.wte.weight"] = np.asarray(embedding.embeddings, dtype=np.float32)
+    tensors["transformer.wpe.weight"] = np.asarray(backbone.position_embedding.position_embeddings, dtype=np.float32)
+    tensors["transformer.ln_f.weight"] = np.asarray(backbone.layer_norm.gamma, dtype=np.float32)
+    tensors["transformer.ln_f.bias"] = np.asarray(backbone.layer_norm.beta, dtype=np.float32)
+    for index, layer in enumerate(backbone.transformer_layers):
+        prefix = f"transformer.h.{index}"
+        attention = layer._self_attention_layer
+        put(f"{prefix}.attn.c_attn", (attention._query_dense, attention._key_dense, attention._value_dense), width)
+        put(f"{prefix}.attn.c_proj", (attention._output_dense,), width)
+        for name, norm in (("ln_1", layer._self_attention_layer_norm), ("ln_2", layer._feedforward_layer_norm)):
+            tensors[f"{prefix}.{name}.weight"] = np.asarray(norm.gamma, dtype=np.float32)
+            tensors[f"{prefix}.{name}.bias"] = np.asarray(norm.beta, dtype=np.float32)
+        put(f"{prefix}.mlp.c_fc", (layer._feedforward_intermediate_dense,), width)
+        put(f"{prefix}.mlp.c_proj", (layer._feedforward_output_dense,), layer._feedforward_output_dense.kernel.shape[0])
+    return tensors, int8, precision
+
+
+# -- runtimes ------------------------------------------------------------------
+
+
+def _threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class _OnnxSession:
+    """An onnxruntime session of the decoder graph; inputs handed over without copies."""
+
+    suffix = ".onnx"
+
+    def __init__(self, path: Path):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = _threads()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
+
+    @staticmethod
+    def write(tensors, int8, num_layers: int, num_heads: int, path: Path) -> None:
+        import onnx
+
+        from backends import onnx_graph
+
+        model = onnx_graph.build_decoder(tensors, num_layers=num_layers, num_heads=num_heads, int8=int8)
+        onnx.save(model, str(path))
+
+
+class _LiteRTSession:
+    """A LiteRT (TFLite) interpreter of the same decoder, converted from a TensorFlow function.
+
+    The weights go through the converter's dynamic-range quantization when
+    the variant is int8 (int8 weights per output channel, chosen again by the
+    converter from the dequantized values; activations quantized at run
+    time by XNNPACK), and stay float32 otherwise.
+    """
+
+    suffix = ".tflite"
+
+    def __init__(self, path: Path):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=_threads())
+        self.runner = self.interpreter.get_signature_runner("decode")
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runner(**inputs)
+
+    @staticmethod
+    def write(tensors, int8, num_layers: int, num_heads: int, path: Path) -> None:
+        import tensorflow as tf
+
+        module = tf.Module()
+        module.decode = _tf_decoder(tensors, num_layers, num_heads)
+        with tempfile.TemporaryDirectory(prefix="gpt2reg-litert-") as scratch:
+            tf.saved_model.save(module, scratch, signatures={"decode": module.decode})
+            converter = tf.lite.TFLiteConverter.from_saved_model(scratch, signature_keys=["decode"])
+            if int8:
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            path.write_bytes(converter.convert())
+
+
+def _tf_decoder(tensors: dict[str, np.ndarray], num_layers: int, num_heads: int, epsilon: float = 1e-5):
+    """`backends.onnx_graph.build_decoder`'s graph as a TensorFlow function (same inputs and outputs)."""
+    import math
+
+    import tensorflow as tf
+
+    constant = {name: tf.constant(value) for name, value in tensors.items()}
+    table = constant["transformer.wte.weight"]
+    output_projection = tf.constant(np.ascontiguousarray(tensors["transformer.wte.weight"].T))
+    width = tensors["transformer.wte.weight"].shape[1]
+    head_dim = width // num_heads
+
+    def norm(x, prefix):
+        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(variance + epsilon) * constant[f"{prefix}.weight"] + constant[f"{prefix}.bias"]
+
+    def dense(x, prefix):
+        return tf.matmul(x, constant[f"{prefix}.weight"]) + constant[f"{prefix}.bias"]
+
+    signature = [tf.TensorSpec([None, None], tf.int32, name="token_ids"),
+                 tf.TensorSpec([None, None], tf.int32, name="positions"),
+                 tf.TensorSpec([None, 1], tf.int64, name="last_index"),
+                 tf.TensorSpec([None, 1, None, None], tf.float32, name="attention_bias")]
+    for index in range(num_layers):
+        signature += [tf.TensorSpec([None, num_heads, head_dim, None], tf.float32, name=f"past_key_{index}"),
+                      tf.TensorSpec([None, num_heads, None, head_dim], tf.float32, name=f"past_value_{index}")]
+
+    @tf.function(input_signature=signature)
+    def decode(token_ids, positions, last_index, attention_bias, *cache):
+        batch, new = tf.shape(token_ids)[0], tf.shape(token_ids)[1]
+        x = tf.gather(table, token_ids) + tf.gather(constant["transformer.wpe.weight"], positions)
+        outputs = {}
+        for index in range(num_layers):
+            prefix = f"transformer.h.{index}"
+            past_key, past_value = cache[2 * index], cache[2 * index + 1]
+            flat = tf.reshape(norm(x, f"{prefix}.ln_1"), [-1, width])
+            qkv = tf.reshape(dense(flat, f"{prefix}.attn.c_attn"), [batch, new, 3, num_heads, head_dim])
+            query = tf.transpose(qkv[:, :, 0], [0, 2, 1, 3]) * (1.0 / math.sqrt(head_dim))
+            key = tf.transpose(qkv[:, :, 1], [0, 2, 3, 1])
+            value = tf.transpose(qkv[:, :, 2], [0, 2, 1, 3])
+            outputs[f"new_key_{index}"], outputs[f"new_value_{index}"] = key, value
+            scores = tf.concat([tf.matmul(query, past_key), tf.matmul(query, key)], axis=-1) + attention_bias
+            weights = tf.nn.softmax(scores, axis=-1)
+            slots = tf.shape(past_key)[3]
+            attended = tf.matmul(weights[..., :slots], past_value) + tf.matmul(weights[..., slots:], value)
+            attended = tf.reshape(tf.transpose(attended, [0, 2, 1, 3]), [-1, width])
+            x = x + tf.reshape(dense(attended, f"{prefix}.attn.c_proj"), [batch, new, width])
+            h = dense(tf.reshape(norm(x, f"{prefix}.ln_2"), [-1, width]), f"{prefix}.mlp.c_fc")
+            h = tf.nn.gelu(h, approximate=True)
+            x = x + tf.reshape(dense(h, f"{prefix}.mlp.c_proj"), [batch, new, width])
+        hidden = norm(x, "transformer.ln_f")
+        last = tf.gather_nd(hidden, last_index, batch_dims=1)
+        outputs["logits"] = tf.matmul(last, output_projection)
+        outputs["hidden"] = hidden
+        return outputs
+
+    return decode
+
+
+SESSIONS = {"onnx": _OnnxSession, "litert": _LiteRTSession}
+
+
+# -- the decoder -----------------------------------------------------------------
+
+
+@dataclass
+class RuntimeState:
+    """One batch being decoded: its cache, which slots each row may see, and its latest outputs."""
+
+    keys: list[np.ndarray]  # per layer [B, heads, head_dim, slots]
+    values: list[np.ndarray]  # per layer [B, heads, slots, head_dim]
+    visible: np.ndarray  # [B, slots] bool
+    positions: np.ndarray  # [B] the position the next token takes
+    next_slot: int
+    logits: np.ndarray = field(default=None)
+    hidden: np.ndarray = field(default=None)
+    prompt_hidden: np.ndarray = field(default=None)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.positions)
+
+    @property
+    def cache_length(self) -> int:
+        return self.visible.shape[1]
+
+
+class RuntimeDecoder:
+    """Prefill and single-token steps through a runtime session (see the module docstring)."""
+
+    def __init__(self, session, *, num_layers: int, num_heads: int, hidden_dim: int, max_positions: int,
+                 runtime: str, precision: str):
+        self.session = session
+        self.num_layers, self.num_heads = num_layers, num_heads
+        self.head_dim = hidden_dim // num_heads
+        self.max_positions = max_positions
+        self.runtime, self.precision = runtime, precision
+        self.traces = 0  # shapes the runtime has not seen before (a LiteRT resize, an onnxruntime plan)
+        self._shapes: set = set()
+        self.lock = threading.RLock()
+
+    @classmethod
+    def build(cls, lm, runtime: str, cache_dir: str | os.PathLike | None = None) -> "RuntimeDecoder":
+        """The decoder of `lm` for `runtime`; the graph file is kept in `cache_dir` by the weights' digest."""
+        if runtime not in SESSIONS:
+            raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(SESSIONS)}")
+        backbone = lm.backbone
+        tensors, int8, precision = model_tensors(backbone)
+        kind = SESSIONS[runtime]
+        digest = _digest({**tensors, **{f"{name}.int8": values for name, (values, _) in int8.items()}},
+                         precision, runtime)
+        folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir(), f"gpt2reg-runtimes-{os.getuid()}")
+        path = folder / f"decoder-{digest}{kind.suffix}"
+        session = None
+        if path.is_file():
+            try:
+                session = kind(path)
+            except Exception:  # a damaged file (the name vouches for the weights, not the bytes): rebuilt
+                path.unlink(missing_ok=True)
+        if session is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            # Written under a temporary name and renamed: a crash leaves no half-written graph behind.
+            partial = folder / f".{path.name}.{os.getpid()}.partial"
+            try:
+                kind.write(tensors, int8, backbone.num_layers, backbone.num_heads, partial)
+                os.replace(partial, path)
+            finally:
+                partial.unlink(missing_ok=True)
+            session = kind(path)
+        del tensors, int8
+        return cls(session, num_layers=backbone.num_layers, num_heads=backbone.num_heads,
+                   hidden_dim=backbone.hidden_dim, max_positions=backbone.max_sequence_length,
+                   runtime=runtime, precision=precision)
+
+    def _run(self, tokens: np.ndarray, positions: np.ndarray, last_index: np.ndarray, bias: np.ndarray,
+             state: RuntimeState) -> dict[str, np.ndarray]:
+        shape = (tokens.shape, state.cache_length)
+        if shape not in self._shapes:
+            self._shapes.add(shape)
+            self.traces += 1
+        inputs = {"token_ids": tokens, "positions": positions, "last_index": last_index, "attention_bias": bias}
+        for index in range(self.num_layers):
+            inputs[f"past_key_{index}"] = state.keys[index]
+            inputs[f"past_value_{index}"] = state.values[index]
+        outputs = self.session.run(inputs)
+        width = tokens.shape[1]
+        slots = slice(state.next_slot, state.next_slot + width)
+        for index in range(self.num_layers):
+            state.keys[index][..., slots] = outputs[f"new_key_{index}"]
+            state.values[index][:, :, slots] = outputs[f"new_value_{index}"]
+        state.next_slot += width
+        return outputs
+
+    def cache_length_for(self, prompt_length: int, max_new_tokens: int) -> int:
+        return round_up(prompt_length + max_new_tokens, CACHE_BUCKET)
+
+    def start(self, prompts: list[list[int]], max_new_tokens: int) -> RuntimeState:
+        """Run the prompts (each non-empty) through the model; ready for the first new token."""
+        lengths = np.array([len(p) for p in prompts], dtype="int64")
+        longest = int(lengths.max())
+        if longest + max_new_tokens > self.max_positions:
+            raise ValueError(f"{longest} + {max_new_tokens} tokens exceed the model's {self.max_positions} positions")
+        prompt_length = round_up(longest, PROMPT_BUCKET)
+        slots = self.cache_length_for(prompt_length, max_new_tokens)
+        batch = len(prompts)
+        tokens = np.zeros((batch, prompt_length), dtype="int32")
+        for row, prompt in enumerate(prompts):
+            tokens[row, : len(prompt)] = prompt
+        positions = np.minimum(np.arange(prompt_length, dtype="int32"), self.max_positions - 1)
+        positions = np.broadcast_to(positions, (batch, prompt_length)).copy()
+        state = RuntimeState(
+            keys=[np.zeros((batch, self.num_heads, self.head_dim, slots), np.float32) for _ in range(self.num_layers)],
+            values=[np.zeros((batch, self.num_heads, slots, self.head_dim), np.float32) for _ in range(self.num_layers)],
+            visible=np.zeros((batch, slots), bool), positions=lengths.astype("int32"), next_slot=0,
+        )
+        # Each prompt token sees the prompt tokens before it (itself included); none of the cache yet.
+        causal = np.tril(np.ones((prompt_length, prompt_length), bool))
+        allowed = causal[None] & (np.arange(prompt_length)[None, None, :] < lengths[:, None, None])
+        bias = np.full((batch, 1, prompt_length, slots + prompt_length), BLOCKED, np.float32)
+        bias[:, 0, :, slots:] = np.where(allowed, np.float32(0), BLOCKED)
+        outputs = self._run(tokens, positions, (lengths - 1)[:, None], bias, state)
+        state.visible[:, :prompt_length] = np.arange(prompt_length)[None, :] < lengths[:, None]
+        state.logits = outputs["logits"]
+        state.prompt_hidden = outputs["hidden"]
+        state.hidden = outputs["hidden"][np.arange(batch), lengths - 1]
+        return state
+
+    def step(self, state: RuntimeState, tokens) -> tuple[np.ndarray, np.ndarray]:
+        """Feed one token per row; the state's logits and hidden become the next token's."""
+        if state.next_slot >= state.cache_length:
+            raise ValueError("the cache is full")
+        batch = state.batch_size
+        tokens = np.asarray(tokens, dtype="int32").reshape(batch, 1)
+        bias = np.empty((batch, 1, 1, state.cache_length + 1), np.float32)
+        bias[:, 0, 0, :-1] = np.where(state.visible, np.float32(0), BLOCKED)
+        bias[:, 0, 0, -1] = 0  # itself
+        slot = state.next_slot
+        outputs = self._run(tokens, state.positions.reshape(batch, 1), np.zeros((batch, 1), "int64"), bias, state)
+        state.visible[:, slot] = True
+        state.positions = state.positions + 1
+        state.logits, state.hidden = outputs["logits"], outputs["hidden"][:, 0]
+        return state.logits, state.hidden
+
+    def reorder(self, state: RuntimeState, rows) -> None:
+        """Row i of the cache becomes a copy of row `rows[i]` (beam search's parents)."""
+        rows = np.asarray(rows, dtype="int64")
+        state.keys = [np.ascontiguousarray(keys[rows]) for keys in state.keys]
+        state.values = [np.ascontiguousarray(values[rows]) for values in state.values]
+        state.visible = state.visible[rows]
+        state.positions = state.positions[rows]
+        state.logits, state.hidden = state.logits[rows], state.hidden[rows]
+        if state.prompt_hidden is not None:
+            state.prompt_hidden = state.prompt_hidden[rows]
+
+
+def next_token_log_probs(decoder, ids: list[int]) -> np.ndarray:
+    """log p(ids[i] | ids[:i]) for i = 1..n-1, one decoding step per token (teacher forcing).
+
+    Works with any decoder of `backends.decoding.decoder_for`; it scores a text
+    through the cache exactly as generation uses it.
+    """
+    with decoder.lock:
+        state = decoder.start([list(ids[:1])], max_new_tokens=len(ids) - 1)
+        scores = []
+        for index in range(1, len(ids)):
+            logits = state.logits[0].astype(np.float64)
+            top = logits.max()
+            scores.append(logits[ids[index]] - top - np.log(np.exp(logits - top).sum()))
+            if index + 1 < len(ids):
+                decoder.step(state, [ids[index]])
+        return np.asarray(scores)
+
+
+def _digest(tensors: dict[str, np.ndarray], precision: str, runtime: str) -> str:
+    """A short digest of the weights and what the graph is built for (the cache key of a graph file)."""
+    from backends import onnx_graph
+
+    digest = hashlib.sha256(f"{runtime}:{precision}:{GRAPH_VERSION}:{onnx_graph.DECODER_OPSET}".encode())
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(tensors[name]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+GRAPH_VERSION = 1  # raise when the graphs change, so kept files of an older layout are not reused
