@@ -426,4 +426,4 @@ def _digest(tensors: dict[str, np.ndarray], precision: str, runtime: str) -> str
     return digest.hexdigest()[:16]
 
 
-GRAPH_VERSION = 1  # raise when the graphs change, so kept files of an older layout are not reused
+GRAPH_VERSION = 2  # raise when the graphs change, so kept files of an older layout are not reused

@@ -36,6 +36,7 @@ class _Writer:
         self.helper, self.numpy_helper = helper, numpy_helper
         self.tensors = tensors
         self.int8 = int8 or {}
+        self.contrib = bool(self.int8)  # uses operators of onnxruntime's com.microsoft domain
         self.epsilon = epsilon
         self.opset = opset
         self.nodes, self.initializers = [], []
@@ -59,11 +60,13 @@ class _Writer:
         return self.op("LayerNormalization", x, self.weight(f"{prefix}.weight"), self.weight(f"{prefix}.bias"),
                        axis=-1, epsilon=self.epsilon)
 
-    def matmul(self, x: str, name: str, output: str | None = None) -> str:
-        """x times the [inputs, outputs] weight `name`: int8 when the writer holds int8 values for it."""
+    def matmul(self, x: str, name: str, output: str | None = None, bias: str | None = None) -> str:
+        """x times the [inputs, outputs] weight `name` (plus `bias`): int8 when the writer holds int8 values for it."""
         outputs = [output] if output else None
         if name not in self.int8:
-            return self.op("MatMul", x, self.weight(name), outputs=outputs)
+            if bias is None:
+                return self.op("MatMul", x, self.weight(name), outputs=outputs)
+            return self.op("Add", self.op("MatMul", x, self.weight(name)), self.weight(bias), outputs=outputs)
         values, scale = self.int8[name]
         inputs, columns = values.shape
         block = _block_size(inputs)
@@ -73,12 +76,22 @@ class _Writer:
         # in every block of the column, which keeps the int8 values exactly as given.
         stored = (values.T.astype(np.int16) + 128).astype(np.uint8).reshape(columns, blocks, block)
         scales = np.repeat(scale.astype(np.float32)[:, None], blocks, axis=1).reshape(-1)
+        extra = ["", "", self.weight(bias)] if bias else []  # no zero points, no group index, then the bias
         return self.op("MatMulNBits", x, self.weight(f"{name}.int8", stored), self.weight(f"{name}.scale", scales),
-                       outputs=outputs, domain="com.microsoft", K=inputs, N=columns, bits=8, block_size=block,
+                       *extra, outputs=outputs, domain="com.microsoft", K=inputs, N=columns, bits=8, block_size=block,
                        accuracy_level=4)
 
     def dense(self, x: str, prefix: str) -> str:
-        return self.op("Add", self.matmul(x, f"{prefix}.weight"), self.weight(f"{prefix}.bias"))
+        return self.matmul(x, f"{prefix}.weight", bias=f"{prefix}.bias")
+
+    def skip_layer_norm(self, x: str, residual: str, prefix: str) -> tuple[str, str]:
+        """LayerNorm(residual + x) and residual + x, in one onnxruntime operator."""
+        total = f"residual_{next(self._counter)}"
+        normed = self.op("SkipLayerNormalization", x, residual, self.weight(f"{prefix}.weight"),
+                         self.weight(f"{prefix}.bias"), outputs=[f"skipnorm_{next(self._counter)}", "", "", total],
+                         domain="com.microsoft", epsilon=self.epsilon)
+        self.contrib = True
+        return normed, total
 
     def feedforward(self, x: str, prefix: str) -> str:
         """x plus the block's feed-forward part."""
@@ -97,7 +110,7 @@ class _Writer:
     def model(self, inputs, outputs):
         graph = self.helper.make_graph(self.nodes, "gpt2", inputs, outputs, self.initializers)
         opsets = [self.helper.make_opsetid("", self.opset)]
-        if self.int8:
+        if self.contrib:
             opsets.append(self.helper.make_opsetid("com.microsoft", 1))
         return self.helper.make_model(graph, opset_imports=opsets, producer_name="gpt2-registry")
 
@@ -217,9 +230,15 @@ def build_decoder(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads:
     new_tokens = op("Slice", op("Shape", "token_ids"), constant([1], np.int64), constant([2], np.int64))
     split_sizes = op("Concat", cache_slots, new_tokens, axis=0)
 
+    # The residual stream's additions ride in SkipLayerNormalization, which returns both the
+    # normed sum and the sum: each block's two norms and two additions are two operators.
+    block_output = None
     for index in range(num_layers):
         prefix = f"h.{index}"
-        h = w.layer_norm(x, f"{prefix}.ln_1")
+        if block_output is None:
+            h = w.layer_norm(x, f"{prefix}.ln_1")
+        else:
+            h, x = w.skip_layer_norm(block_output, x, f"{prefix}.ln_1")
         qkv = w.dense(h, f"{prefix}.attn.c_attn")
         op("Split", qkv, constant([width] * 3, np.int64), outputs=[f"q_{index}", f"k_{index}", f"v_{index}"], axis=-1)
         q = op("Transpose", op("Reshape", f"q_{index}", heads_shape), perm=[0, 2, 1, 3])  # [B, H, T, D]
@@ -234,10 +253,11 @@ def build_decoder(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads:
         op("Split", weights, split_sizes, outputs=[past_weights, new_weights], axis=-1)
         attended = op("Add", op("MatMul", past_weights, f"past_value_{index}"), op("MatMul", new_weights, v))
         attended = op("Reshape", op("Transpose", attended, perm=[0, 2, 1, 3]), merged_shape)
-        x = op("Add", x, w.dense(attended, f"{prefix}.attn.c_proj"))
-        x = w.feedforward(x, prefix)
+        h, x = w.skip_layer_norm(w.dense(attended, f"{prefix}.attn.c_proj"), x, f"{prefix}.ln_2")
+        h = op("Gelu", w.dense(h, f"{prefix}.mlp.c_fc"), approximate="tanh")
+        block_output = w.dense(h, f"{prefix}.mlp.c_proj")
 
-    hidden = w.layer_norm(x, "ln_f")
+    hidden, _ = w.skip_layer_norm(block_output, x, "ln_f")
     op("Identity", hidden, outputs=["hidden"])
     last = op("GatherND", hidden, "last_index", batch_dims=1)  # [B, width]
     w.matmul(last, "lm_head.weight", output="logits")

@@ -33,7 +33,8 @@ def speed_prompt(context_length: int, new_tokens: int) -> tuple[list[int], int]:
 
 
 def keras_figures(lm, documents: list[list[int]], prompt: list[int], new_tokens: int) -> dict[str, float]:
-    """Perplexity and greedy tokens/s of a Keras `GPT2CausalLM`."""
+    """Perplexity (Keras's arithmetic) and greedy tokens/s (as `generate` decodes it: through
+    onnxruntime for float32 and int8 variants) of a `GPT2CausalLM`."""
     from backends import quantization, scoring
 
     return {

@@ -78,11 +78,14 @@ class Quantize(Capability):
         preset = context.workdir / "preset"
         keras_gpt2.save(lm, preset)
         metrics["speedup"] = metrics["greedy_tokens_per_second"] / parent_metrics["greedy_tokens_per_second"]
+        from backends.decoding import resolve_runtime
+
+        decode_runtime = resolve_runtime(lm)  # where `generate` runs this variant, and so its speed
         return CapabilityResult(
             preset_dir=preset, metrics=metrics, parent_metrics=parent_metrics,
             settings={"mode": mode, "calibration": list(calibration or []), "calibration_samples": len(samples or []),
                       "eval_data": list(eval_data or ["embedded held-out text"]), "speed_prompt": SPEED_PROMPT,
-                      "new_tokens": new_tokens},
+                      "new_tokens": new_tokens, "decode_runtime": decode_runtime},
             tags={"quantization": mode},
         )
 
