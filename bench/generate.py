@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from backends import generation, keras_gpt2
+    from backends import keras_gpt2
     from backends.tokenizer import encode
 
     lm = keras_gpt2.build(keras_gpt2.get_config(args.config), seed=0)
@@ -78,16 +78,7 @@ def main() -> None:
         new = args.new_tokens
         total_new = new * len(ids)
 
-        def ours():
-            results = generation.generate(lm, ids, max_new_tokens=new, stop_at_end_of_text=False)
-            assert all(len(r.token_ids) == new for r in results)
-
-        longest = max(len(i) for i in ids) + 1  # the start token stock KerasHub adds
-
-        def stock():
-            lm.generate(texts if batch_size > 1 else texts[0], max_length=longest + new, stop_token_ids=None)
-
-        contenders = [("ours", ours), ("stock KerasHub", stock)]
+        contenders = [("ours", ours_call(lm, ids, new)), ("stock KerasHub", stock_call(lm, texts, new))]
         if hf_model is not None:
             contenders.append(("HF transformers + torch", _hf_call(hf_model, ids, new)))
         for name, call in contenders:
@@ -107,6 +98,31 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({"config": args.config, "rows": rows, **summary}, indent=2))
 
 
+def ours_call(lm, ids, new, **settings):
+    """`backends.generation.generate` greedy over `ids`, every row making `new` tokens; the call
+    returns the results. `settings`: more generation settings (such as the runtime)."""
+    from backends import generation
+
+    def call():
+        results = generation.generate(lm, ids, max_new_tokens=new, stop_at_end_of_text=False, **settings)
+        assert all(len(r.token_ids) == new for r in results)
+        return results
+
+    return call
+
+
+def stock_call(lm, texts, new):
+    """KerasHub's own `GPT2CausalLM.generate` on the same prompts, `new` tokens past the longest."""
+    from backends.tokenizer import encode
+
+    longest = max(len(encode(t)) for t in texts) + 1  # the start token stock KerasHub adds
+
+    def call():
+        lm.generate(texts if len(texts) > 1 else texts[0], max_length=longest + new, stop_token_ids=None)
+
+    return call
+
+
 def _hf_model(lm):
     try:
         import torch  # noqa: F401
@@ -116,14 +132,16 @@ def _hf_model(lm):
         return None
     from backends import export
 
-    folder = Path(tempfile.mkdtemp(prefix="gpt2reg-bench-"))
-    export._export_hf(lm, folder)
-    model = transformers.GPT2LMHeadModel.from_pretrained(folder)
+    # The weights are read into memory: the folder is not needed after loading.
+    with tempfile.TemporaryDirectory(prefix="gpt2reg-bench-") as folder:
+        export._export_hf(lm, Path(folder))
+        model = transformers.GPT2LMHeadModel.from_pretrained(folder)
     model.eval()
     return model
 
 
-def _hf_call(model, ids, new):
+def _hf_call(model, ids, new, device: str = "cpu"):
+    """Greedy `model.generate` over `ids`; `device`: where the model is (a torch device name)."""
     import torch
 
     longest = max(len(i) for i in ids)
@@ -133,6 +151,7 @@ def _hf_call(model, ids, new):
     for row, prompt in enumerate(ids):
         input_ids[row, longest - len(prompt):] = torch.tensor(prompt)
         mask[row, longest - len(prompt):] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
 
     def call():
         with torch.inference_mode():

@@ -52,15 +52,25 @@ def keras_step_seconds(config: dict, blocks: np.ndarray, *, steps: int, batch_si
     return statistics.median(durations[1:]), extra
 
 
-def torch_step_seconds(blocks: np.ndarray, *, steps: int, batch_size: int) -> tuple[float, dict]:
+def torch_step_seconds(blocks: np.ndarray, *, steps: int, batch_size: int, config: dict | None = None,
+                       device: str = "cpu") -> tuple[float, dict]:
+    """The same full fine-tuning step in plain PyTorch; `config`: a `backends.configs` shape
+    (default: gpt2), `device`: a torch device name."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config())  # the gpt2 shape: 12 layers, 768 wide, dropout 0.1
+    if config is None:
+        shape = GPT2Config()  # the gpt2 shape: 12 layers, 768 wide, dropout 0.1
+    else:
+        shape = GPT2Config(vocab_size=config["vocabulary_size"], n_positions=config["max_sequence_length"],
+                           n_embd=config["hidden_dim"], n_layer=config["num_layers"], n_head=config["num_heads"],
+                           n_inner=config["intermediate_dim"], resid_pdrop=config["dropout"],
+                           embd_pdrop=config["dropout"], attn_pdrop=config["dropout"])
+    model = GPT2LMHeadModel(shape).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    data = torch.from_numpy(blocks.astype("int64"))
+    data = torch.from_numpy(blocks.astype("int64")).to(device)
     durations = []
     for step in range(steps):
         batch = data[(step * batch_size) % len(data):][:batch_size]
@@ -70,6 +80,8 @@ def torch_step_seconds(blocks: np.ndarray, *, steps: int, batch_size: int) -> tu
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if device != "cpu":
+            torch.cuda.synchronize()  # the step's kernels run asynchronously on a GPU
         durations.append(time.perf_counter() - started)
     return statistics.median(durations[1:]), {"torch": torch.__version__, "threads": torch.get_num_threads()}
 
@@ -102,7 +114,7 @@ def main() -> None:
     results["lora_to_full_step_time"] = low_rank / full
     if not args.no_torch:
         try:
-            torch_full, info = torch_step_seconds(blocks, steps=args.steps, batch_size=args.batch_size)
+            torch_full, info = torch_step_seconds(blocks, steps=args.steps, batch_size=args.batch_size, config=config)
         except ImportError:
             results["torch"] = None
         else:

@@ -28,6 +28,7 @@ GENERATION_PARAMS = {
     "min_new_tokens": ("long", 0),
     "stop": ("string", ""),
     "seed": ("long", 0),
+    "runtime": ("string", "auto"),  # onnx for float32 and int8 variants (backends.decoding.decoder_for)
 }
 
 import warnings
@@ -64,6 +65,7 @@ class _GPT2PyFunc:
             min_new_tokens=int(settings["min_new_tokens"]),
             stop=(str(settings["stop"]),) if settings["stop"] else (),
             seed=int(settings["seed"]),
+            runtime=str(settings["runtime"]),
         )
         return [r.text for r in results]
 
