@@ -292,10 +292,11 @@ def decoder_for(lm, xla: bool | None = None, runtime: str = "auto"):
     `runtime`: ``keras`` (`CompiledDecoder`), ``onnx`` or ``litert``
     (`backends.fast_decoding.RuntimeDecoder`, for float32 and int8 variants),
     or ``auto``: onnxruntime where it can run the variant and `xla` is not
-    set, Keras otherwise. Measured on the `gpt2` (124M) configuration, batch 1,
-    greedy: onnxruntime decodes float32 at about 31 tok/s against 22 for the
-    XLA-compiled Keras decoder, and int8 at about 80 against 13 for Keras's
-    int8; LiteRT decodes int8 at about 39 (see `bench/run.py`).
+    set, Keras otherwise. Measured with `bench/run.py` on the `gpt2` (124M)
+    configuration, 2 CPU cores, greedy, batch 1 (batch 8): onnxruntime decodes
+    float32 at 31 tok/s (151) against 22 (49) for the XLA-compiled Keras
+    decoder, and int8 at 60 (158); LiteRT int8 at 65 (111), after a first call
+    ten times longer. Keras's own int8 arithmetic decodes slower than float32.
     `xla`: compile the Keras decoder with XLA; by default for models of
     XLA_FROM_PARAMETERS or more.
     """
