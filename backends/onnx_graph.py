@@ -201,11 +201,11 @@ def build_decoder(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads:
     `int8`: the Hugging Face names of the matrices to multiply in int8, each
     `(values [inputs, outputs] int8, scale [outputs])`. They run as
     onnxruntime's `MatMulNBits` with 8 bits and int8 arithmetic
-    (accuracy_level 4: activations quantized per block at each call). Measured
-    on a 768 x 3072 product here: onnxruntime's `DynamicQuantizeMatMul` (what
-    `quantize_dynamic` makes) was as fast but off by 15% of the largest output
-    (int16 saturation of its u8 x s8 kernel on CPUs without VNNI), this
-    kernel by 0.9%.
+    (accuracy_level 4: activations quantized per block at each call). On a
+    768 x 3072 product (`python bench/int8_kernels.py`), onnxruntime's
+    `DynamicQuantizeMatMul` (what `quantize_dynamic` makes) was about as fast
+    but off by 8 to 15% of the largest output in two runs (int16 saturation
+    of its u8 x s8 kernel on CPUs without VNNI), this kernel by about 1%.
     """
     from onnx import TensorProto, helper
 
