@@ -279,8 +279,6 @@ class RuntimeDecoder:
         self.head_dim = hidden_dim // num_heads
         self.max_positions = max_positions
         self.runtime, self.precision = runtime, precision
-        self.traces = 0  # shapes the runtime has not seen before (a LiteRT resize, an onnxruntime plan)
-        self._shapes: set = set()
         self.lock = threading.RLock()
 
     @classmethod
@@ -318,10 +316,6 @@ class RuntimeDecoder:
 
     def _run(self, tokens: np.ndarray, positions: np.ndarray, last_index: np.ndarray, bias: np.ndarray,
              state: RuntimeState) -> dict[str, np.ndarray]:
-        shape = (tokens.shape, state.cache_length)
-        if shape not in self._shapes:
-            self._shapes.add(shape)
-            self.traces += 1
         inputs = {"token_ids": tokens, "positions": positions, "last_index": last_index, "attention_bias": bias}
         for index in range(self.num_layers):
             inputs[f"past_key_{index}"] = state.keys[index]
@@ -403,13 +397,13 @@ def next_token_log_probs(decoder, ids: list[int]) -> np.ndarray:
     Works with any decoder of `backends.decoding.decoder_for`; it scores a text
     through the cache exactly as generation uses it.
     """
+    from backends.generation import log_softmax
+
     with decoder.lock:
         state = decoder.start([list(ids[:1])], max_new_tokens=len(ids) - 1)
         scores = []
         for index in range(1, len(ids)):
-            logits = state.logits[0].astype(np.float64)
-            top = logits.max()
-            scores.append(logits[ids[index]] - top - np.log(np.exp(logits - top).sum()))
+            scores.append(log_softmax(state.logits[0].astype(np.float64))[ids[index]])
             if index + 1 < len(ids):
                 decoder.step(state, [ids[index]])
         return np.asarray(scores)

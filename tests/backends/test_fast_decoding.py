@@ -8,16 +8,6 @@ from backends.decoding import decoder_for, resolve_runtime
 from backends.fast_decoding import RuntimeDecoder, next_token_log_probs
 
 
-@pytest.fixture(scope="module")
-def lm(fixture_dir):
-    return keras_gpt2.load(fixture_dir)
-
-
-@pytest.fixture(scope="module")
-def cases(reference):
-    return [case for case in reference["cases"] if "greedy_16" in case]
-
-
 def keras_log_probs(lm, ids):
     batch = np.array([ids], dtype="int32")
     logits = np.asarray(lm({"token_ids": batch, "padding_mask": np.ones_like(batch)}), dtype=np.float64)[0, :-1]

@@ -124,18 +124,6 @@ def test_stop_strings_never_appear_and_streamed_pieces_join_to_the_text(words, s
 # -- on the fixture model ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def lm(fixture_dir):
-    from backends import keras_gpt2
-
-    return keras_gpt2.load(fixture_dir)
-
-
-@pytest.fixture(scope="module")
-def cases(reference):
-    return [case for case in reference["cases"] if "greedy_16" in case]
-
-
 def sequence_log_probability(lm, prompt, new):
     ids = np.array([prompt + new], dtype="int32")
     logits = np.asarray(lm({"token_ids": ids, "padding_mask": np.ones_like(ids)}), dtype=np.float64)[0]
