@@ -18,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+from backends import model_files
 from backends.configs import BACKBONE_CONFIG_KEYS, GPT2_VOCABULARY_SIZE, get_config  # noqa: F401  (re-export)
 from registry.errors import NotFoundError, UsageError
 
@@ -43,6 +44,8 @@ def load(preset_dir: str | os.PathLike, dtype: str | None = None) -> "keras_hub.
     preset_dir = str(preset_dir)
     if not Path(preset_dir, "config.json").is_file():
         raise NotFoundError(f"{preset_dir} is not a model folder (no config.json)")
+    # A registered variant's files can be edited after registration: check them on every load.
+    model_files.check_model_folder(preset_dir)
     overrides = {"dtype": dtype} if dtype else {}
     config = json.loads(Path(preset_dir, "config.json").read_text(encoding="utf-8"))
     if config.get("model_type") == "gpt2":  # a Hugging Face folder (an `hf` export)
@@ -91,6 +94,7 @@ def import_model(source: str, dest_dir: str | os.PathLike) -> dict:
     """
     path = Path(source).expanduser()
     if path.exists():
+        model_files.check_import_source(path)
         kind, overrides = _check_local_checkpoint(path)
         try:
             lm = keras_hub.models.GPT2CausalLM.from_preset(str(path.resolve()), **overrides)

@@ -170,7 +170,11 @@ def load_adapter(lm, folder: str | Path) -> dict:
     """Enable LoRA as the adapter was trained (on an int8 base if it was) and load its factors."""
     import h5py
 
+    from backends import model_files
+
     folder = Path(folder)
+    # h5py follows external links and virtual datasets: refuse any before the file is read.
+    model_files.check_hdf5_file(folder / ADAPTER_WEIGHTS)
     settings = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     if settings.get("format") != ADAPTER_FORMAT:
         raise UsageError(f"{folder} holds an adapter of another format ({settings.get('format')}); train it again")
