@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
-from registry.errors import UsageError
+from registry.errors import RegistryError, UsageError
 
 
 @dataclass
@@ -159,3 +161,42 @@ class Capability(ABC):
     @abstractmethod
     def run(self, context: RunContext, **options) -> CapabilityResult:
         """Do the work; return artifacts and metrics, never write to the stores."""
+
+
+class CapabilityFailed(RegistryError):
+    """A capability's own code raised an unexpected error: the message names the plugin and the error.
+
+    The original exception is ``__cause__``. Deliberate errors (`UsageError`,
+    `RunFailed`, any `RegistryError`) pass through unchanged: their message is
+    already meant for the user.
+    """
+
+    def __init__(self, plugin: str | None, capability: str, error: BaseException):
+        from registry.plugins import one_line
+
+        who = f"plugin {plugin!r} failed in capability {capability!r}" if plugin else f"capability {capability!r} failed"
+        super().__init__(f"{who}: {one_line(error)}")
+        self.plugin = plugin
+        self.capability = capability
+        self.result = None  # nothing measured worth keeping, unlike a RunFailed
+
+
+@contextmanager
+def plugin_code(plugin: str | None, capability: str) -> Iterator[None]:
+    """Run a capability's own code (its construction, options, `run`): an unexpected error becomes
+    `CapabilityFailed`, so the user learns which plugin to blame."""
+    try:
+        yield
+    except RegistryError:
+        raise
+    except Exception as error:
+        raise CapabilityFailed(plugin, capability, error) from error
+
+
+def check_result(capability: Capability, result: Any) -> CapabilityResult:
+    """What `run` returned, checked before the core records it (a wrong value is the plugin's fault)."""
+    if not isinstance(result, CapabilityResult):
+        raise TypeError(f"run returned {type(result).__name__}, not a CapabilityResult")
+    if capability.makes_variant and (result.preset_dir is None or not Path(result.preset_dir).is_dir()):
+        raise TypeError(f"run returned no folder for the new variant (preset_dir={result.preset_dir!r})")
+    return result

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from registry.capability import CapabilityResult
+from registry.capability import CapabilityFailed, CapabilityResult
 from registry.errors import RegistryError, UsageError
 
 
@@ -88,17 +88,31 @@ def cli():
 
 
 def _register_plugin_commands() -> None:
-    # Plugins may add commands; a broken plugin must not break the CLI.
+    # One plugin at a time: a plugin whose register_commands raises is disabled, and a command
+    # it added before failing is taken back (it would call into a plugin that is not loaded).
     try:
-        from registry.plugins import load_plugins
+        from registry import plugins
 
-        load_plugins().hook.register_commands(cli=cli)
-    except Exception as error:  # reported by `gpt2reg plugins`
-        print(f"warning: a plugin failed to add its commands: {error}", file=sys.stderr)
+        for impl in plugins.implementations("register_commands"):
+            commands = dict(cli.commands)
+            worked, _ = plugins.call_guarded(impl, "register_commands", cli=cli)
+            if not worked:
+                cli.commands = commands
+    except Exception as error:  # the plugin machinery itself (unreadable package metadata)
+        print(f"warning: plugins could not be loaded: {error}; set GPT2REG_LOAD_PLUGINS= to load none",
+              file=sys.stderr)
+
+
+def _warn_about_failed_plugins() -> None:
+    from registry.plugins import new_failures
+
+    for failure in new_failures():
+        click.echo(f"warning: {failure}; it is disabled (see `gpt2reg plugins`)", err=True)
 
 
 def main(argv=None) -> None:
     _register_plugin_commands()
+    _warn_about_failed_plugins()
     try:
         cli.main(args=argv, prog_name="gpt2reg", standalone_mode=False)
     except click.exceptions.Exit as done:
@@ -112,6 +126,11 @@ def main(argv=None) -> None:
     except UsageError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
+    except CapabilityFailed as error:  # a plugin's own code raised: name it, keep the traceback on request
+        if os.environ.get("GPT2REG_DEBUG"):
+            raise
+        click.echo(f"error: {error} (set GPT2REG_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
     except RegistryError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
@@ -123,6 +142,8 @@ def main(argv=None) -> None:
             raise
         click.echo(f"error: {type(error).__name__}: {error} (set GPT2REG_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
+    finally:
+        _warn_about_failed_plugins()  # plugins disabled while the command ran (a lifecycle hook raised)
 
 
 # ---------------------------------------------------------------- store commands
@@ -674,23 +695,26 @@ def quickstart(steps, name):
 @cli.command()
 @common
 def plugins():
-    """List loaded plugins, their hooks and capabilities, and plugins that failed to load."""
-    from registry.plugins import capabilities, plugin_rows
+    """List loaded plugins, their hooks and capabilities, and plugins that failed (with the reason)."""
+    from registry.plugins import plugin_rows
 
     rows = plugin_rows()
-    document = {"plugins": rows, "capabilities": sorted(capabilities())}
+    document = {"plugins": rows, "capabilities": sorted(c for row in rows for c in row["capabilities"])}
 
     def human():
         from rich.table import Table
 
         table = Table()
-        for column in ("plugin", "status", "source", "hooks / error"):
+        for column in ("plugin", "status", "source", "capabilities", "hooks / error"):
             table.add_column(column)
         for row in rows:
-            table.add_row(row["name"], row["status"], row["source"], row["error"] or ", ".join(row["hooks"]))
+            table.add_row(row["name"], row["status"], row["source"], ", ".join(row["capabilities"]),
+                          row["error"] or ", ".join(row["hooks"]))
         out = console()
         out.print(table)
-        out.print("capabilities: " + ", ".join(document["capabilities"]))
+        out.print("capabilities: " + (", ".join(document["capabilities"]) or "none"))
+        if any(row["status"] == "failed" for row in rows):
+            out.print("failed plugins are disabled; GPT2REG_LOAD_PLUGINS (a comma list, empty for none) limits what loads")
 
     emit(document, human)
 
