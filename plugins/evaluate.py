@@ -59,6 +59,14 @@ class Evaluate(Capability):
                 raise UsageError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
             if self.limit is not None and self.limit < 1:
                 raise UsageError(f"--limit must be at least 1 (got {self.limit})")
+            if self.task_name is not None:
+                from registry.tasks import check_task_name
+
+                check_task_name(self.task_name)
+            if self.stop:
+                from registry.prompts import check_text
+
+                check_text(self.stop, "--stop")
 
     def run(self, context, *, data, stride, batch_size, text_field, task, task_name, shots, train, template, seed,
             max_new_tokens, stop, limit):
@@ -214,9 +222,10 @@ def _task_requests(path, task_name, shots, train, template_path, seed, limit, ma
     from registry import prompts, tasks
 
     task = tasks.read_task(path, task_name)
+    tasks.check_task_name(task.name, "--task-name" if task_name else f"the name of {path}")
     if limit is not None:
         task = tasks.Task(task.name, task.path, task.kind, task.examples[:limit])
-    pool = tasks.read_task(train) if train else None
+    pool = tasks.read_task(train, option="--train") if train else None
     if pool is not None and pool.kind != task.kind:
         raise UsageError(f"--train {train} holds {pool.kind} examples but {path} is {task.kind}; use the same kind")
     template = prompts.Template.from_file(template_path) if template_path else prompts.Template(prompts.DEFAULT_TEMPLATE)

@@ -11,6 +11,8 @@ and batch-1 greedy tokens/s, all measured in this run.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +43,7 @@ class Export(Capability):
             problem = export_options_problem(self.format, self.quantize)
             if problem:
                 raise UsageError(problem)
-            if not self.out:
-                raise UsageError("export needs --out DIR (a new or empty folder for the files)")
-            out = Path(self.out).expanduser()
-            if out.exists() and (not out.is_dir() or any(out.iterdir())):
-                raise UsageError(f"--out {out} already exists and is not an empty folder; choose a new folder")
-            self.out = str(out.absolute())
+            self.out = str(checked_destination(self.out))
             if self.new_tokens < 1:
                 raise UsageError("--new-tokens must be at least 1")
 
@@ -62,12 +59,15 @@ class Export(Capability):
                 f"{variant.ref} holds Keras {quantized} weights, which only the keras format keeps; "
                 f"export its float parent {variant.parent} with --quantize instead"
             )
-        home = variant._registry.home
-        if home.is_local and Path(out).resolve().is_relative_to(home.path.resolve()):
-            raise UsageError(f"--out {out} is inside the registry home; choose a folder outside it")
+        refuse_store_paths(Path(out), variant._registry.home)
 
         from backends import export, keras_gpt2
-        from plugins.measurements import SPEED_PROMPT, evaluation_documents, keras_figures, speed_prompt
+        from plugins.measurements import (
+            SPEED_PROMPT,
+            evaluation_documents,
+            keras_figures,
+            speed_prompt,
+        )
 
         context_length = variant.config.get("max_sequence_length", 1024)
         documents = evaluation_documents(eval_data, text_field)
@@ -104,6 +104,67 @@ class Export(Capability):
             tags={"format": format, "weights": weights},
             deliver_to=Path(out),
         )
+
+
+def checked_destination(raw) -> Path:
+    """`--out` as an absolute path, refused (one line) where the files could not land exactly there.
+
+    The export takes minutes; everything that would make the final copy fail or land elsewhere is
+    checked first: text no file system takes, a symbolic link (the files would land where it points),
+    a file or a folder with files in it, and a missing parent that cannot be made.
+    """
+    from registry.data import check_path, path_kind
+
+    if not raw:
+        raise UsageError("export needs --out DIR (a new or empty folder for the files)")
+    out = Path(os.path.abspath(check_path(raw, "--out")))
+    if _is_link(out):
+        raise UsageError(f"--out {out} is a symbolic link (to {os.readlink(out)}); give the real folder it should "
+                         "write to, not a link")
+    kind = path_kind(out, "--out")
+    if kind in ("file", "other") or (kind == "folder" and not _is_empty_folder(out)):
+        raise UsageError(f"--out {out} already exists and is not an empty folder; choose a new folder")
+    if kind == "missing":
+        for above in out.parents:
+            above_kind = path_kind(above, "--out")
+            if above_kind == "missing":
+                continue
+            if above_kind != "folder":
+                raise UsageError(f"--out {out} lies under {above}, which is a file, not a folder; choose a path under a folder")
+            if not os.access(above, os.W_OK | os.X_OK):
+                raise UsageError(f"--out {out} cannot be made: {above} is not writable; choose a folder you can write to")
+            break
+    return out
+
+
+def refuse_store_paths(out: Path, home) -> None:
+    """Refuse an --out that would write into the registry's own files: its home (artifact store,
+    staging, caches) or a SQLite database of either store, wherever the URLs put them."""
+    try:
+        target = out.resolve()
+        protected = [home.path.resolve()]
+        protected += [Path(url.split(":///", 1)[1]).resolve() for url in (home.tracking_uri, home.lineage_url)
+                      if url.startswith("sqlite:///")]
+    except (OSError, RuntimeError) as error:  # RuntimeError: a loop of symbolic links
+        raise UsageError(f"cannot follow --out {out}: {error}; check the path") from None
+    for place in protected:
+        if target == place or target.is_relative_to(place) or place.is_relative_to(target):
+            raise UsageError(f"--out {out} is inside the registry home or its databases ({place}); "
+                             "choose a folder outside it")
+
+
+def _is_link(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _is_empty_folder(path: Path) -> bool:
+    try:
+        return not any(path.iterdir())
+    except OSError as error:
+        raise UsageError(f"cannot list --out {path}: {error.strerror or error}; choose a folder you can read") from None
 
 
 @hookimpl

@@ -50,7 +50,13 @@ class Generate(Capability):
                 raise UsageError("--vars fills a --template FILE; give the template too")
             if not self.prompts:
                 raise UsageError("no prompt given: pass at least one PROMPT (or --template FILE --vars JSON)")
+            from registry.prompts import check_text
+
+            for number, prompt in enumerate(self.prompts, 1):
+                check_text(prompt, f"prompt {number}" if len(self.prompts) > 1 else "the prompt")
             self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+            for stop in self.stop:
+                check_text(stop, "--stop")
             if self.sampler not in SAMPLERS:
                 raise UsageError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
             if self.truncate not in TRUNCATE:
@@ -143,6 +149,9 @@ def _prompts_from_template(path: str, values) -> list[str]:
             values = json.loads(values)
         except json.JSONDecodeError as error:
             raise UsageError(f"--vars is not valid JSON ({error.msg}); e.g. '{{\"question\": \"...\"}}'") from None
+        except (ValueError, RecursionError):  # nested past Python's stack, or a number of over 4,300 digits
+            raise UsageError("--vars is JSON that cannot be read (too deeply nested or a number too long); "
+                             "give one flat object such as '{\"question\": \"...\"}'") from None
     values = [{}] if values is None else values
     values = [values] if isinstance(values, dict) else values
     if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):

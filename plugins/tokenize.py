@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from registry import Capability, CapabilityResult, hookimpl
 from registry.errors import UsageError
+
+VOCABULARY_SIZE = 50257  # GPT-2's byte-pair vocabulary, end-of-text included
 
 
 class Tokenize(Capability):
@@ -18,8 +21,19 @@ class Tokenize(Capability):
         token_ids: list[int] | None = None  # with decode: the ids to turn back into text
 
         def __post_init__(self):
-            if self.token_ids is not None and any(not 0 <= int(i) < 50257 for i in self.token_ids):
-                raise UsageError("token ids must be in 0..50256")
+            from registry.prompts import check_text
+
+            if self.token_ids is None:
+                check_text(self.text, "TEXT")
+                return
+            if isinstance(self.token_ids, (str, bytes)) or not hasattr(self.token_ids, "__iter__"):
+                raise UsageError("token ids must be a list of whole numbers in 0..50256, such as [464, 2068]")
+            ids = list(self.token_ids)
+            # numbers.Integral takes NumPy's integers too; floats and True/False are not ids.
+            if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < VOCABULARY_SIZE
+                   for i in ids):
+                raise UsageError(f"token ids must be whole numbers in 0..{VOCABULARY_SIZE - 1}")
+            self.token_ids = [int(i) for i in ids]
 
     def run(self, context, *, text, token_ids):
         from backends.tokenizer import decode, encode, pieces

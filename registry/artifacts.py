@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 
@@ -70,11 +71,23 @@ def stage_delivery(source: str | os.PathLike, destination: str | os.PathLike) ->
     """Copy `source` beside `destination` under a hidden partial name, flushed to disk.
 
     `publish_delivery` then gives it the final name in one rename, so the
-    destination is either absent or complete, never half-copied.
+    destination is either absent or complete, never half-copied. The destination
+    is checked again here, before anything is recorded: the work before may have
+    taken minutes, and a link or files put there since must stop the delivery
+    while the store can still be left as it was.
     """
+    from registry.errors import UsageError
+
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
+    problem = _delivery_problem(destination)
+    if problem:
+        raise UsageError(problem)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot make the folder {destination.parent}: {error.strerror or error}; "
+                         "choose a folder you can write to") from None
+    partial = destination.parent / f".{_short(destination.name)}.partial-{uuid.uuid4().hex[:8]}"
     try:
         shutil.copytree(source, partial)
         fsync_tree(partial)
@@ -85,8 +98,36 @@ def stage_delivery(source: str | os.PathLike, destination: str | os.PathLike) ->
 
 
 def publish_delivery(partial: Path, destination: str | os.PathLike) -> Path:
+    from registry.errors import UsageError
+
     destination = Path(destination)
-    if destination.is_dir() and not any(destination.iterdir()):
+    problem = _delivery_problem(destination)
+    if problem:
+        raise UsageError(problem)
+    if destination.is_dir():
         destination.rmdir()  # an empty folder the user made for the export
     os.replace(partial, destination)
     return destination
+
+
+def _delivery_problem(destination: Path) -> str | None:
+    """Why files cannot be delivered to exactly `destination`, or None: it must be absent or an empty
+    real folder (a symbolic link would send them wherever it points)."""
+    try:
+        mode = os.lstat(destination).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return f"cannot reach {destination}: {error.strerror or error}; choose another folder"
+    if stat.S_ISLNK(mode):
+        return f"{destination} is a symbolic link; give the real folder it should write to, not a link"
+    if not stat.S_ISDIR(mode) or any(destination.iterdir()):
+        return f"{destination} already exists and is not an empty folder; choose a new folder"
+    return None
+
+
+def _short(name: str, limit: int = 200) -> str:
+    # The partial name adds 18 characters to the destination's; it must still fit the file system's
+    # 255-byte limit on one name.
+    encoded = os.fsencode(name)
+    return name if len(encoded) <= limit else encoded[:limit].decode("utf-8", "ignore")

@@ -20,9 +20,9 @@ Example:
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from registry.errors import NotFoundError, UsageError
@@ -30,37 +30,61 @@ from registry.errors import NotFoundError, UsageError
 SHOT_SEPARATOR = "\n\n"
 ANSWER = "answer"
 DEFAULT_TEMPLATE = "{prompt}{answer}"
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text, what: str) -> str:
+    """`text` if it is Unicode text a model can be given; lone surrogates (what undecodable
+    bytes of a command line become) are refused with one line."""
+    if not isinstance(text, str):
+        raise UsageError(f"{what} must be text, not {type(text).__name__}")
+    surrogate = LONE_SURROGATE.search(text)
+    if surrogate:
+        raise UsageError(f"{what} is not valid UTF-8 text (character {surrogate.start()} is the lone surrogate "
+                         f"\\u{ord(surrogate.group(0)):04x}); pass UTF-8 text")
+    return text
 
 
 class Template:
     """A prompt template with ``{field}`` placeholders (``{{`` and ``}}`` for literal braces)."""
 
     def __init__(self, text: str, source: str = "template"):
-        self.text, self.source = text, source
+        self.text, self.source = check_text(text, source), source
         try:
             parsed = list(string.Formatter().parse(text))
         except ValueError as error:
             raise UsageError(f"{source}: {error}; write literal braces as {{{{ and }}}}") from None
         self.fields: list[str] = []
-        for _, name, spec, conversion in parsed:
+        # The question is the template up to the first {answer} placeholder; rebuilt from the parsed
+        # pieces, since a literal "{{answer}}" also contains the text "{answer}".
+        query, answered = [], False
+        for literal, name, spec, conversion in parsed:
+            if not answered:
+                query.append(literal.replace("{", "{{").replace("}", "}}"))
             if name is None:
                 continue
             if not name.isidentifier() or spec or conversion:
-                raise UsageError(f"{source}: placeholder {{{name}}} is not a plain field name such as {{question}}")
+                shown_name = ascii(name)[1:-1][:60]  # the template's text: escaped, so the message stays one line
+                raise UsageError(f"{source}: placeholder {{{shown_name}}} is not a plain field name such as {{question}}")
             if name not in self.fields:
                 self.fields.append(name)
-        answer_at = text.find("{" + ANSWER + "}")
-        self._query_text = text if answer_at < 0 else text[:answer_at]
+            if name == ANSWER:
+                answered = True
+            elif not answered:
+                query.append("{" + name + "}")
+        self._query_text = "".join(query)
 
     @classmethod
-    def from_file(cls, path: str) -> "Template":
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise NotFoundError(f"template file {path} does not exist; give a text file with {{placeholders}}")
-        try:
-            return cls(file.read_text(encoding="utf-8"), source=f"template {path}")
-        except UnicodeDecodeError:
-            raise UsageError(f"template {path} is not UTF-8 text") from None
+    def from_file(cls, path: str, option: str = "--template") -> "Template":
+        from registry.data import check_path, path_kind, read_text_file
+
+        file = check_path(path, option)
+        kind = path_kind(file, option)
+        if kind != "file":
+            problem = {"missing": "does not exist", "folder": "is a folder"}.get(kind, "is a device, pipe or socket")
+            error = NotFoundError if kind == "missing" else UsageError
+            raise error(f"template file {path} {problem}; give a text file with {{placeholders}}")
+        return cls(read_text_file(file, "template"), source=f"template {path}")
 
     @property
     def has_answer(self) -> bool:
@@ -69,8 +93,11 @@ class Template:
     def _render(self, text: str, values: dict, where: str) -> str:
         missing = [name for name in _fields_of(text) if name not in values]
         if missing:
+            from registry.references import shown
+
+            available = shown(", ".join(sorted(map(str, values)))) if values else "none"  # the user's keys, escaped
             raise UsageError(f"{self.source}: {where} has no value for {', '.join('{' + m + '}' for m in missing)}; "
-                             f"give it (fields available: {', '.join(sorted(values)) or 'none'})")
+                             f"give it (fields available: {available})")
         return text.format(**{k: v for k, v in values.items() if k in _fields_of(text)})
 
     def query(self, values: dict, where: str = "the prompt") -> str:
@@ -97,6 +124,9 @@ class FittedPrompt:
 def fit_prompt(template: Template, question: dict, shots: list[dict], *, budget: int,
                count_tokens: Callable[[str], int], where: str = "the question") -> FittedPrompt:
     """The few-shot prompt for `question`, with as many of `shots` (in order) as fit in `budget` tokens."""
+    if budget < 1:
+        raise UsageError(f"{where} leaves no room in the model's context: its answer alone fills all of it; "
+                         "shorten the answer (or --max-new-tokens) or use a model with a longer context")
     query = template.query(question, where)
     rendered = [template.shot(shot, f"a shot for {where}") for shot in shots]
     for keep in range(len(rendered), -1, -1):

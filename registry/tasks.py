@@ -21,14 +21,26 @@ Example:
 
 from __future__ import annotations
 
-import json
 import random
+import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from registry.errors import NotFoundError, UsageError
 
 MULTIPLE_CHOICE, GENERATION, LAST_WORD = "multiple_choice", "generation", "last_word"
+# What MLflow takes in a metric key, less '/': a task name must not add a folder to its table's path.
+TASK_NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._ -]{0,98}[A-Za-z0-9_-])?")
+
+
+def check_task_name(name: str, given_as: str = "--task-name") -> str:
+    """A task's name prefixes its metric keys and names its MLflow table file, so it is held to
+    model-name rules: no path steps, separators or characters MLflow refuses in a metric key."""
+    from registry.references import shown
+
+    if not isinstance(name, str) or not TASK_NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise UsageError(f"task name {shown(name)} ({given_as}) cannot name metrics: use 1-100 ASCII letters, digits, "
+                         "spaces, '.', '_' or '-' without '..'; give --task-name NAME")
+    return name
 
 
 @dataclass(frozen=True)
@@ -69,8 +81,11 @@ def _kind_of(record: dict) -> str | None:
 def _example(record: dict, line: int, where: str) -> Example:
     kind = _kind_of(record)
     if kind is None:
+        from registry.references import shown
+
+        keys = shown(", ".join(sorted(record))) if record else "none"  # keys are the file's text: shown escaped
         raise UsageError(f"{where}: expected {{\"prompt\", \"choices\", \"answer\"}}, {{\"prompt\", \"answer\"}} "
-                         f"or {{\"text\"}}; got keys {', '.join(sorted(record)) or 'none'}")
+                         f"or {{\"text\"}}; got keys {keys}")
     fields = dict(record)
     if kind == MULTIPLE_CHOICE:
         choices, label = record.get("choices"), record.get("answer")
@@ -94,26 +109,36 @@ def _example(record: dict, line: int, where: str) -> Example:
     return Example(line, kind, fields)
 
 
-def read_task(path: str, name: str | None = None) -> Task:
+def read_task(path: str, name: str | None = None, option: str = "--task") -> Task:
     """The examples of a JSONL task file, checked line by line."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise NotFoundError(f"task file {path} does not exist; give a JSONL file with one example a line")
+    from registry.data import (
+        check_path,
+        json_line,
+        jsonl_lines,
+        lone_surrogate,
+        path_kind,
+        read_text_file,
+    )
+
+    file = check_path(path, option)
+    kind = path_kind(file, option)
+    if kind != "file":
+        problem = {"missing": "does not exist", "folder": "is a folder"}.get(kind, "is a device, pipe or socket")
+        error = NotFoundError if kind == "missing" else UsageError
+        raise error(f"task file {path} {problem}; give a JSONL file with one example a line")
     examples: list[Example] = []
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UsageError(f"task file {path} is not UTF-8 text") from None
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
+    text = read_text_file(file, "task file")
+    for number, line in jsonl_lines(text):
+        if not line.strip():
             continue
         where = f"{path} line {number}"
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"{where} is not valid JSON ({error.msg}); one JSON object a line") from None
+        record = json_line(line, where)
         if not isinstance(record, dict):
             raise UsageError(f"{where} is not a JSON object; one object a line")
+        surrogate = lone_surrogate(record)
+        if surrogate:
+            raise UsageError(f"{where} holds the lone surrogate \\u{ord(surrogate):04x}, which is not Unicode text; "
+                             "write the character itself or its surrogate pair")
         example = _example(record, number, where)
         if examples and example.kind != examples[0].kind:
             raise UsageError(f"{where} is a {example.kind} example but line {examples[0].line} is "
