@@ -39,6 +39,7 @@ from registry.errors import UsageError
 import keras  # noqa: E402
 
 CHECKPOINT_PREFIX = "step-"
+CHECKPOINT_FILES = ("model.npz", "optimizer.npz")
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,9 @@ def _save_checkpoint(folder: Path, lm, optimizer, state: dict) -> None:
     partial.mkdir(parents=True)
     np.savez(partial / "model.npz", *[keras.ops.convert_to_numpy(v) for v in lm.variables])
     np.savez(partial / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in optimizer.variables])
-    (partial / "state.json").write_text(json.dumps(state), encoding="utf-8")
+    # The files' digests go in state.json, so a damaged checkpoint is refused before it is read.
+    hashes = {name: _file_digest(partial / name) for name in CHECKPOINT_FILES}
+    (partial / "state.json").write_text(json.dumps({**state, "sha256": hashes}), encoding="utf-8")
     for file in partial.iterdir():
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
@@ -213,10 +216,36 @@ def _save_checkpoint(folder: Path, lm, optimizer, state: dict) -> None:
             shutil.rmtree(older, ignore_errors=True)
 
 
-def _restore_checkpoint(checkpoint: Path, lm, optimizer) -> dict:
-    state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(checkpoint: Path) -> dict:
+    """The checkpoint's state, once every file matches the digest recorded when it was written."""
+    damaged = UsageError(
+        f"checkpoint {checkpoint} is damaged (its files do not match their recorded sha256); "
+        "run without --resume to start over, or `gpt2reg doctor --repair` to remove it"
+    )
+    try:
+        state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+        recorded = state.pop("sha256")
+        if any(_file_digest(checkpoint / name) != recorded[name] for name in CHECKPOINT_FILES):
+            raise damaged
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise damaged from None
+    return state
+
+
+def _restore_checkpoint(checkpoint: Path, state: dict, lm, optimizer) -> dict:
+    """Assign a verified checkpoint's values (see `verify_checkpoint`) to the model and optimiser."""
     for variables, file in ((lm.variables, "model.npz"), (optimizer.variables, "optimizer.npz")):
-        with np.load(checkpoint / file) as saved:
+        with np.load(checkpoint / file, allow_pickle=False) as saved:
             values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
         if len(values) != len(variables) or any(tuple(v.shape) != a.shape for v, a in zip(variables, values)):
             raise UsageError(f"checkpoint {checkpoint} was written by another model or optimiser; run without --resume")
@@ -350,10 +379,10 @@ def train(
         checkpoint = latest_checkpoint(checkpoints)
         if checkpoint is None:
             raise UsageError("--resume: no checkpoint for this run (same parent, data and options); run without --resume")
-        saved = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+        saved = verify_checkpoint(checkpoint)
         if saved.get("fingerprint") != fingerprint:
             raise UsageError(f"--resume: checkpoint {checkpoint.name} belongs to another run; run without --resume")
-        state = _restore_checkpoint(checkpoint, lm, optimizer)
+        state = _restore_checkpoint(checkpoint, saved, lm, optimizer)
         state["history"] = {k: [tuple(p) for p in v] for k, v in state["history"].items()}
         first_step = state["step"]
     elif checkpoints is not None and checkpoints.exists():

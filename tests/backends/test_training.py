@@ -75,6 +75,42 @@ def test_resume_refuses_a_checkpoint_of_other_settings(blocks, tmp_path):
         training.train(tiny(), blocks, plan, checkpoints=tmp_path / "none", fingerprint="a", resume=True)
 
 
+def test_resume_refuses_a_damaged_checkpoint_before_reading_it(blocks, tmp_path):
+    import shutil
+
+    from registry.errors import UsageError
+
+    plan = training.TrainingPlan(steps=2, batch_size=4, learning_rate=1e-3, checkpoint_every=1)
+
+    def crash(step, *_):
+        if step == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        training.train(tiny(), blocks, plan, checkpoints=tmp_path / "run", fingerprint="a", on_step=crash)
+    resumed = tiny()
+    before = weights(resumed)
+    for damage in ("truncated", "one flipped byte", "state.json unreadable"):
+        folder = tmp_path / damage
+        shutil.copytree(tmp_path / "run", folder)
+        checkpoint = training.latest_checkpoint(folder)
+        weights_file = checkpoint / "model.npz"
+        data = bytearray(weights_file.read_bytes())
+        if damage == "truncated":
+            weights_file.write_bytes(data[: len(data) - 100])
+        elif damage == "one flipped byte":
+            data[len(data) // 2] ^= 0x01  # inside the arrays: numpy would load it without complaint
+            weights_file.write_bytes(bytes(data))
+        else:
+            (checkpoint / "state.json").write_text("{not json", encoding="utf-8")
+        with pytest.raises(UsageError, match="is damaged .* run without --resume") as raised:
+            training.train(resumed, blocks, plan, checkpoints=folder, fingerprint="a", resume=True)
+        assert "\n" not in str(raised.value), damage
+        assert max_difference(before, weights(resumed)) == 0, damage  # nothing was read into the model
+    # The undamaged checkpoint resumes.
+    assert training.train(resumed, blocks, plan, checkpoints=tmp_path / "run", fingerprint="a", resume=True).resumed_from == 1
+
+
 def test_gradient_accumulation_gives_the_update_of_a_larger_batch(blocks):
     big = tiny()
     training.train(big, blocks, training.TrainingPlan(steps=3, batch_size=8, learning_rate=3e-3, seed=1))

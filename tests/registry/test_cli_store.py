@@ -99,16 +99,28 @@ def test_doctor_finds_and_repairs_a_half_made_variant(gpt2reg, tmp_path, fixture
     assert Registry(home).tracker.versions() == [] and row is not None
 
 
-def test_damaged_weights_are_detected_before_loading(tmp_path, fixture_dir):
+def test_damaged_weights_are_detected_before_loading(tmp_path, fixture_dir, gpt2reg, monkeypatch):
+    from backends import keras_gpt2
     from registry.errors import RegistryError
 
     reg = _fresh_import(tmp_path / "home", fixture_dir)
     weights = reg.preset_path("fx") / "model.weights.h5"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    weights.write_bytes(bytes(data))
-    with pytest.raises(RegistryError, match="do not match their recorded hash"):
-        reg.get("fx").load()
+    intact = weights.read_bytes()
+    opened = []
+    monkeypatch.setattr(keras_gpt2, "load", lambda *args, **kwargs: opened.append(args))
+    for damage in ("one flipped byte", "truncated"):
+        data = bytearray(intact)
+        if damage == "truncated":
+            del data[len(data) // 2 :]
+        else:
+            data[len(data) // 2] ^= 0x01
+        weights.write_bytes(bytes(data))
+        with pytest.raises(RegistryError, match="do not match their recorded hash"):
+            reg.get("fx").load()
+        result = gpt2reg("generate", "fx", "Hello", "--home", reg.home.path)
+        assert result.exit_code == 1 and "do not match their recorded hash" in result.stderr, result
+        assert result.stderr.count("\n") == 1
+        assert opened == [], "the damaged file was handed to Keras"
 
 
 def test_home_comes_from_the_environment_when_not_given(gpt2reg, family_home, monkeypatch):
