@@ -72,8 +72,10 @@ class Finetune(Capability):
                     raise UsageError(f"{flag} must be at least {least} (got {value})")
             if self.seq_len is not None and self.seq_len < 2:
                 raise UsageError(f"--seq-len must be at least 2 (got {self.seq_len})")
-            if not 0 < self.lr < 1:
-                raise UsageError(f"--lr must be in (0, 1) (got {self.lr})")
+            # Any positive finite rate is the user's to try: one too large shows up as a
+            # diverged loss, recorded as a failed run (not refused up front).
+            if not (0 < self.lr < float("inf")):
+                raise UsageError(f"--lr must be a positive number (got {self.lr})")
             if not 0 <= self.val_split < 1:
                 raise UsageError(f"--val-split must be in [0, 1) (got {self.val_split})")
             if self.precision not in PRECISIONS:

@@ -99,3 +99,16 @@ def test_a_diverged_run_is_a_failed_mlflow_run_and_registers_nothing(base_home, 
     assert not list((base_home / "checkpoints").glob("*/step-*"))
     # The failed run is a record, not debris.
     assert gpt2reg("doctor", "--home", base_home, "--json").json()["problems"] == []
+
+
+def test_a_learning_rate_of_a_million_diverges_into_a_failed_run(base_home, text_file, gpt2reg):
+    before = store_snapshot(base_home)
+    result = gpt2reg("finetune", "base/1", "--data", text_file, "--steps", "8", "--batch-size", "4",
+                     "--seq-len", "32", "--lr", "1e6", "--home", base_home)
+    assert result.exit_code == 1, result
+    assert "training diverged" in result.stderr and result.stderr.count("\n") == 1
+    after = store_snapshot(base_home)
+    assert after["variants"] == before["variants"] and after["versions"] == before["versions"]
+    (new_run,) = set(after["runs"]) - set(before["runs"])
+    run = Registry(base_home).tracker.get_run(new_run)
+    assert run.info.status == "FAILED" and run.data.params["lr"] == "1000000.0"
