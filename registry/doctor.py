@@ -8,9 +8,14 @@ debris from an interrupted registration.
 
 from __future__ import annotations
 
+import re
 import shutil
+from pathlib import Path
 
 from registry import artifacts
+from registry.tracking import REGISTERED_MODEL_DESCRIPTION
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def run_doctor(reg, *, repair: bool = False) -> dict:
@@ -48,6 +53,7 @@ def run_doctor(reg, *, repair: bool = False) -> dict:
             report("damaged-artifacts", f"{row.ref}: weight files missing or not matching their hash ({path})", remove)
 
     used_runs = {row.run_id for row in rows.values()}
+
     for key, version in versions.items():
         if key not in rows and (version.tags or {}).get("gpt2reg.operation"):
             report("half-made-version", f"{key[0]}/{key[1]} is registered in MLflow but has no lineage row",
@@ -59,6 +65,15 @@ def run_doctor(reg, *, repair: bool = False) -> dict:
         if run.info.run_id not in used_runs and run.data.tags.get("gpt2reg.operation"):
             report("orphan-run", f"MLflow run {run.info.run_id} ({run.info.run_name}, {run.info.status}) made no variant",
                    lambda run=run: tracker.delete_run(run.info.run_id))
+    active_runs = {run.info.run_id for run in tracker.search_runs()}
+    for folder in _run_artifact_folders(reg.home.artifact_root, tracker.experiment_id):
+        if folder.name not in active_runs:
+            report("orphan-artifacts", f"artifact files {folder} belong to no MLflow run (a deleted or interrupted one)",
+                   lambda folder=folder: shutil.rmtree(folder, ignore_errors=True))
+    for model in tracker.registered_models():
+        if not any(key[0] == model.name for key in versions) and model.description == REGISTERED_MODEL_DESCRIPTION:
+            report("empty-registered-model", f"registered model {model.name} has no versions (an interrupted first "
+                   "registration)", lambda model=model: tracker.delete_registered_model(model.name))
     if reg.home.staging.exists():
         for leftover in sorted(reg.home.staging.iterdir()):
             report("staging-leftover", f"unfinished work folder {leftover}",
@@ -71,3 +86,11 @@ def run_doctor(reg, *, repair: bool = False) -> dict:
                    "rerun the same command with --resume, or --repair to remove it",
                    lambda run_folder=run_folder: shutil.rmtree(run_folder, ignore_errors=True))
     return {"home": str(reg.home.path), "variants_checked": len(rows), "problems": problems, "repaired": repair}
+
+
+def _run_artifact_folders(artifact_root: Path, experiment_id: str) -> list[Path]:
+    """`<artifact root>/<experiment>/<run id>` folders that MLflow made for runs of this home."""
+    experiment = artifact_root / str(experiment_id)
+    if not experiment.is_dir():
+        return []
+    return sorted(p for p in experiment.iterdir() if p.is_dir() and RUN_ID.fullmatch(p.name))

@@ -8,8 +8,10 @@ be URLs for team use (`tracking_uri="http://host:5000"`,
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from registry.errors import UsageError
 
@@ -28,6 +30,10 @@ class Home:
         path = Path(home or os.environ.get("GPT2REG_HOME") or DEFAULT_HOME).expanduser().resolve()
         if path.exists() and not path.is_dir():
             raise UsageError(f"home {path} is a file; give a folder with --home")
+        if (tracking_uri is None or lineage_url is None) and any(c in str(path) for c in "?#%"):
+            # The stores' sqlite URLs would read '?' and '#' as URL syntax and write elsewhere.
+            raise UsageError(f"home {str(path)!r} contains '?', '#' or '%', which a database URL cannot hold; "
+                             "give a folder without them with --home")
         return cls(
             path=path,
             tracking_uri=tracking_uri or f"sqlite:///{path / 'mlflow.db'}",
@@ -61,6 +67,24 @@ class Home:
         if not self.lineage_url.startswith("sqlite:"):
             return True
         return (self.path / "lineage.db").exists()
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the home's lock file (an exclusive `flock`) while the block runs.
+
+        Taken while a store is opened, so that processes opening a brand-new home
+        at once run MLflow's schema migrations one after another, not together
+        (together, every one but the first fails on "duplicate column").
+        """
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

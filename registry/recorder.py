@@ -150,15 +150,27 @@ class Recorder:
         return self.registry._variant(row)
 
 
-    def record_failure(self, *, name: str, operation: str, parent: "Variant", failure) -> str:
-        """A FAILED MLflow run with what was measured before the failure; nothing is registered."""
+    def record_failure(self, *, name: str, operation: str, parent: "Variant | None", failure: BaseException) -> str:
+        """A FAILED MLflow run with the error and what was measured before it; nothing is registered.
+
+        ``failure`` is any exception: a `RunFailed` carries what the capability measured
+        (``result``); a `CapabilityFailed` names the plugin, kept as a tag.
+        """
+        from registry.errors import RegistryError
+        from registry.plugins import one_line
+
         tracker = self.registry.tracker
-        result = failure.result or CapabilityResult()
-        run = tracker.start_run(run_name=f"{name} ({operation}, failed)", tags={
-            f"{TAG_PREFIX}operation": operation,
-            f"{TAG_PREFIX}parent": parent.ref,
-            f"{TAG_PREFIX}error": str(failure)[:5000],
-        })
+        result = getattr(failure, "result", None)
+        if not isinstance(result, CapabilityResult):
+            result = CapabilityResult()
+        # The project's own errors read as sentences; anything else keeps its type.
+        error = str(failure) if isinstance(failure, RegistryError) else one_line(failure)
+        tags = {f"{TAG_PREFIX}operation": operation, f"{TAG_PREFIX}error": error[:5000]}
+        if parent is not None:
+            tags[f"{TAG_PREFIX}parent"] = parent.ref
+        if getattr(failure, "plugin", None):
+            tags[f"{TAG_PREFIX}plugin"] = failure.plugin
+        run = tracker.start_run(run_name=f"{name} ({operation}, failed)", tags=tags)
         run_id = run.info.run_id
         try:
             tracker.log_params(run_id, {"operation": operation, **result.settings})
@@ -169,13 +181,17 @@ class Recorder:
         return run_id
 
     def _lineage_files(self, new_ref, operation, parents, metrics, staging: Path) -> Path:
-        """The family as it stands with the new variant in it, as lineage.json and lineage.png."""
+        """The new variant's ancestry, as lineage.json and lineage.png.
+
+        Ancestors only: a new variant has no children yet, and its siblings would
+        make every registration under a busy parent draw (and cost) more.
+        """
         from registry import lineage_picture
 
         nodes: dict[str, dict] = {}
         edges: list[dict] = []
         for parent, _ in parents:
-            family = self.registry.lineage(parent)
+            family = self.registry.lineage(parent, descendants=False)
             nodes.update({node["ref"]: node for node in family["nodes"]})
             edges.extend(e for e in family["edges"] if e not in edges)
         nodes[new_ref] = {"ref": new_ref, "operation": operation, "metrics": metrics}

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 from registry import references
 from registry.capability import CapabilityResult, RunContext
-from registry.errors import NotFoundError, RegistryError, RunFailed, UsageError
+from registry.errors import NotFoundError, RegistryError, UsageError
 from registry.home import Home
 from registry.lineage import LineageVariant
 
@@ -84,6 +84,21 @@ class Variant:
             "uri": self.uri,
             "created_at": self.created_at.isoformat() if self.created_at else None,
         }
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it came from, is a full disk (or quota)."""
+    import errno
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "database or disk is full" in str(error):  # SQLite's SQLITE_FULL
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _is_chief(device: str) -> bool:
@@ -183,21 +198,46 @@ class Registry:
         return variant
 
     def preset_path(self, variant: "str | Variant") -> Path:
-        """The variant's KerasHub preset folder (downloaded first from a remote store)."""
+        """The variant's KerasHub preset folder (downloaded first from a remote store).
+
+        Where the files are is read from the variant's lineage row, which is data: a shared or
+        altered store may point anywhere. A local home only reads inside its own artifact store,
+        and a download only lands in the cache folder named by a well-formed content hash.
+        """
+        import re
+
         from registry.artifacts import MANIFEST, weights_path
+        from registry.references import shown
         from registry.tracking import local_path
 
         variant = self.get(variant)
         inside = weights_path(variant.kind)
         local = local_path(variant.artifact_uri or "")
-        if local is not None:
-            path = local / inside
-        else:
-            cache = self.home.path / "cache" / variant.content_hash
-            path = cache / Path(inside).name
-            if not path.exists():
-                self.tracker.download(f"{variant.artifact_uri}/{inside}", cache)
-        if not (path / MANIFEST).exists():
+        try:
+            if local is not None:
+                path = local / inside
+                if self.home.is_local:
+                    root = self.home.artifact_root.resolve()
+                    resolved = path.resolve()
+                    if resolved == root or not resolved.is_relative_to(root):
+                        raise UsageError(
+                            f"the files of {variant.ref} are recorded at {shown(variant.artifact_uri)}, outside this "
+                            f"home's artifact store {root}; open the registry that holds them with --home, "
+                            "or run `gpt2reg doctor`"
+                        )
+            else:
+                if not re.fullmatch(r"[0-9a-f]{64}", variant.content_hash or ""):
+                    raise UsageError(f"the content hash recorded for {variant.ref}, {shown(variant.content_hash)}, "
+                                     "is not a sha256 digest; run `gpt2reg doctor`")
+                cache = self.home.path / "cache" / variant.content_hash
+                path = cache / Path(inside).name
+                if not path.exists():
+                    self.tracker.download(f"{variant.artifact_uri}/{inside}", cache)
+            present = (path / MANIFEST).is_file()
+        except (OSError, RuntimeError, ValueError) as error:  # RuntimeError: a loop of symbolic links
+            raise UsageError(f"the files of {variant.ref} are recorded at {shown(variant.artifact_uri)}, which "
+                             f"cannot be read ({error}); run `gpt2reg doctor`") from None
+        if not present:
             raise RegistryError(f"the files of {variant.ref} are missing from {path}; run `gpt2reg doctor`")
         return path
 
@@ -243,9 +283,10 @@ class Registry:
             lm._gpt2reg_runtime_cache = str(self.home.runtimes)
         return lm
 
-    def lineage(self, variant: "str | Variant") -> dict[str, Any]:
+    def lineage(self, variant: "str | Variant", *, descendants: bool = True) -> dict[str, Any]:
+        """The variant's family: its ancestors and (unless ``descendants=False``) descendants."""
         variant = self.get(variant)
-        rows, edges = self.lineage_store.graph(variant.name, variant.version)
+        rows, edges = self.lineage_store.graph(variant.name, variant.version, descendants=descendants)
         return {
             "root": variant.ref,
             "nodes": [self._variant(row).to_dict() for row in rows],
@@ -362,10 +403,18 @@ class Registry:
         folder = Path(tempfile.mkdtemp(prefix=f"{uuid.uuid4().hex[:8]}-", dir=self.home.staging))
         try:
             yield folder
+        except Exception as error:
+            if _disk_full(error):
+                # The recorder has already rolled back; say what happened in one line.
+                raise RegistryError(
+                    f"no space left on the disk of {self.home.path} while writing the new variant; nothing was "
+                    "registered: free some space (or use --home on another disk) and run the command again"
+                ) from error
+            raise
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _record_failure(self, *, name: str, operation: str, parent: Variant, failure: "RunFailed") -> None:
+    def _record_failure(self, *, name: str, operation: str, parent: "Variant | None", failure: BaseException) -> None:
         from registry.recorder import Recorder
 
         Recorder(self).record_failure(name=name, operation=operation, parent=parent, failure=failure)
@@ -400,9 +449,12 @@ class Registry:
 
     def import_(self, name: str, source: str) -> Variant:
         """Import a KerasHub preset folder, a Hugging Face GPT-2 folder, a preset name or hf://org/repo."""
+        from registry.data import check_path
+
         references.check_name(name)
         if not source:
             raise UsageError("empty source: give a checkpoint folder, a KerasHub preset name or hf://org/repo")
+        check_path(source, "SOURCE")  # NUL bytes, over-long names, disguised separators
         from backends import keras_gpt2  # validates the source before the home is touched
 
         with tempfile.TemporaryDirectory(prefix="gpt2reg-import-") as scratch:
@@ -417,21 +469,32 @@ class Registry:
 
     def run(self, capability: str, variant: "str | Variant | None" = None, *, name: str | None = None,
             device: str = "auto", **options) -> "Variant | CapabilityResult":
-        """Run any capability; a capability that makes a variant returns the new `Variant`."""
-        from registry.plugins import capabilities, load_plugins
+        """Run any capability; a capability that makes a variant returns the new `Variant`.
 
-        found = capabilities()
+        An unexpected error in the capability's own code raises `CapabilityFailed`, which names
+        its plugin. When the capability makes a variant, any failure of its run except a
+        `UsageError` is recorded as a FAILED MLflow run (the error as a tag) and nothing is
+        registered. A plugin whose `before_run`, `after_run` or `on_run_error` raises is
+        disabled (see `registry.plugins`); the run goes on without it.
+        """
+        from registry import plugins
+        from registry.capability import check_result, plugin_code
+
+        found = plugins.capabilities()
         if capability not in found:
             raise NotFoundError(f"no capability {capability!r}; installed: {', '.join(sorted(found))} (see `gpt2reg plugins`)")
-        cap = found[capability]()
-        checked = cap.validate(options)
+        provider = plugins.provider_of(capability)
+        with plugin_code(provider, capability):
+            cap = found[capability]()
+            checked = cap.validate(options)
         parent = self.get(variant) if variant is not None else None
         if cap.needs_model and parent is None:
             raise UsageError(f"{capability} needs a model reference")
         if cap.makes_variant:
+            if name is None and parent is None:
+                raise UsageError(f"{capability} makes a new variant: give it a name")
             name = references.check_name(name or f"{parent.name}-{cap.operation}")
-        hooks = load_plugins().hook
-        hooks.before_run(capability=cap, variant=parent, options=checked)
+        plugins.call_each("before_run", capability=cap, variant=parent, options=checked)
         try:
             if cap.makes_variant:
                 self.init()
@@ -443,15 +506,22 @@ class Registry:
                         # Every worker trains its share; only the chief writes checkpoints and records.
                         context.checkpoints = None
                     try:
-                        result = cap.run(context, **checked)
-                    except RunFailed as failure:
+                        with plugin_code(provider, capability):
+                            result = check_result(cap, cap.run(context, **checked))
+                    except UsageError:
+                        raise  # bad input: nothing worth a run record
+                    except Exception as failure:
                         if chief:
-                            self._record_failure(name=name, operation=cap.operation, parent=parent, failure=failure)
+                            try:
+                                self._record_failure(name=name, operation=cap.operation, parent=parent,
+                                                     failure=failure)
+                            except Exception as recording_error:  # the run's own error matters more
+                                failure.add_note(f"the failed run could not be recorded: {recording_error!r}")
                         raise
                     if not chief:
-                        hooks.after_run(capability=cap, variant=parent, result=result, new_variant=None)
+                        plugins.call_each("after_run", capability=cap, variant=parent, result=result, new_variant=None)
                         return result
-                    parents = [(parent, cap.parent_role), *result.other_parents]
+                    parents = [(parent, cap.parent_role), *result.other_parents] if parent else list(result.other_parents)
                     new = self._record_and_deliver(name=name, operation=cap.operation, parents=parents,
                                                    result=result, staging=staging, kind=cap.variant_kind)
                     for folder in result.discard_after_record:
@@ -459,12 +529,13 @@ class Registry:
             else:
                 with tempfile.TemporaryDirectory(prefix="gpt2reg-") as scratch:
                     context = RunContext(variant=parent, workdir=Path(scratch), progress=self._progress, device=device)
-                    result = cap.run(context, **checked)
+                    with plugin_code(provider, capability):
+                        result = check_result(cap, cap.run(context, **checked))
                 new = None
         except BaseException as error:
-            hooks.on_run_error(capability=cap, variant=parent, error=error)
+            plugins.call_each("on_run_error", capability=cap, variant=parent, error=error)
             raise
-        hooks.after_run(capability=cap, variant=parent, result=result, new_variant=new)
+        plugins.call_each("after_run", capability=cap, variant=parent, result=result, new_variant=new)
         return new if new is not None else result
 
     def _record_and_deliver(self, *, name, operation, parents, result: CapabilityResult, staging, kind) -> Variant:

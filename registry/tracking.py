@@ -17,6 +17,7 @@ from registry.home import Home
 
 EXPERIMENT = "gpt2reg"
 TAG_PREFIX = "gpt2reg."
+REGISTERED_MODEL_DESCRIPTION = "GPT-2 variants registered by gpt2-registry"
 _METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 _PARAMS_PER_BATCH = 100
 
@@ -42,8 +43,16 @@ class Tracker:
 
         self.home = home
         self._mlflow = mlflow
-        self.client = MlflowClient(tracking_uri=home.tracking_uri, registry_uri=home.tracking_uri)
         self._experiment_id: str | None = None
+        if not home.is_local:
+            self.client = MlflowClient(tracking_uri=home.tracking_uri, registry_uri=home.tracking_uri)
+            return
+        with home.lock():
+            # MLflow creates or migrates its tables when a store first connects (the
+            # client's constructor connects): one process at a time, under the home's lock.
+            self.client = MlflowClient(tracking_uri=home.tracking_uri, registry_uri=home.tracking_uri)
+            self.client._get_registry_client().store  # noqa: B018
+            _use_write_ahead_log(home.path / "mlflow.db")
 
     # ------------------------------------------------------------ runs
 
@@ -115,12 +124,38 @@ class Tracker:
         self.client.set_tag(run_id, key, value)
 
     def delete_run(self, run_id: str) -> None:
+        """Mark the run deleted in MLflow and, in a local home, remove its artifact files.
+
+        MLflow's own delete keeps the files until `mlflow gc`; a half-made variant's
+        files must not outlive it (they may be a partial copy).
+        """
+        import shutil
+
         from mlflow.exceptions import MlflowException
 
+        folder = None
+        try:
+            folder = self.run_artifact_folder(self.client.get_run(run_id).info.artifact_uri)
+        except MlflowException:
+            pass
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         try:
             self.client.delete_run(run_id)
         except MlflowException:
             pass
+
+    def run_artifact_folder(self, artifact_uri: str) -> Path | None:
+        """The local folder of a run's artifacts (`<root>/<experiment>/<run>`), only inside this home."""
+        path = local_path(artifact_uri or "")
+        if path is None or not self.home.is_local:
+            return None
+        folder = path.parent if path.name == "artifacts" else path
+        root = self.home.artifact_root.resolve()
+        resolved = folder.resolve()
+        if resolved == root or not resolved.is_relative_to(root):
+            return None  # never remove anything outside the home's artifact store
+        return resolved
 
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)
@@ -134,7 +169,7 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            self.client.create_registered_model(name, description="GPT-2 variants registered by gpt2-registry")
+            self.client.create_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)
         except MlflowException as error:
             if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code):
                 raise
@@ -149,6 +184,23 @@ class Tracker:
             self.client.delete_model_version(name, str(version))
             if not self.client.search_model_versions(f"name='{name}'"):
                 self.client.delete_registered_model(name)
+        except MlflowException:
+            pass
+
+    def registered_models(self) -> list:
+        models, token = [], None
+        while True:  # MLflow returns at most 1000 registered models a page
+            page = self.client.search_registered_models(max_results=1000, page_token=token)
+            models.extend(page)
+            token = page.token
+            if not token:
+                return models
+
+    def delete_registered_model(self, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_registered_model(name)
         except MlflowException:
             pass
 
@@ -182,6 +234,24 @@ class Tracker:
             return Path(download_artifacts(artifact_uri=artifact_uri, dst_path=str(destination)))
         except Exception as error:
             raise RegistryError(f"cannot fetch artifacts {artifact_uri}: {error}") from error
+
+
+def _use_write_ahead_log(database: Path) -> None:
+    """Put MLflow's SQLite database in WAL mode (kept in the file), as the lineage store is.
+
+    In SQLite's default rollback mode a reader blocks a writer's commit, so many
+    processes registering and reading at once spend most of their time in busy waits.
+    """
+    import sqlite3
+
+    if not database.exists():
+        return
+    connection = sqlite3.connect(database, timeout=30)
+    try:
+        if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            connection.execute("PRAGMA journal_mode=WAL")
+    finally:
+        connection.close()
 
 
 def local_path(artifact_uri: str) -> Path | None:

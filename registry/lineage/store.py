@@ -283,18 +283,20 @@ class LineageStore:
             return _edges(session, Edge.parent_id == row_id)
 
     def graph(
-        self, name: str, version: int
+        self, name: str, version: int, *, descendants: bool = True
     ) -> tuple[builtins.list[LineageVariant], builtins.list[LineageEdge]]:
         """NAME/VERSION with all its ancestors and descendants, and the edges among them.
 
         Siblings and co-parents are left out unless they are also ancestors or
-        descendants. Both lists are in insertion (id) order.
+        descendants; ``descendants=False`` leaves the descendants out too. Both
+        lists are in insertion (id) order.
         """
         with self.session_scope() as session:
             root_id = _require(session, name, version).id
             family = {root_id}
             family |= _reachable(session, root_id, upward=True)
-            family |= _reachable(session, root_id, upward=False)
+            if descendants:
+                family |= _reachable(session, root_id, upward=False)
             variants = session.scalars(
                 select(Variant).where(Variant.id.in_(family)).order_by(Variant.id)
             )

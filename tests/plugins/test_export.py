@@ -204,6 +204,7 @@ def test_doctor_finds_every_export_complete(exported):
 def test_a_failed_recording_delivers_nothing(exported, monkeypatch, tmp_path):
     from plugins.export import Export
     from registry import CapabilityResult
+    from registry.errors import RegistryError
     from registry.recorder import Recorder
 
     reg, _, outside = exported
@@ -220,7 +221,7 @@ def test_a_failed_recording_delivers_nothing(exported, monkeypatch, tmp_path):
 
     monkeypatch.setattr(Export, "run", exported_files)
     monkeypatch.setattr(Recorder, "record", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(RegistryError, match="no space left on the disk"):
         reg.run("export", "fx/1", format="onnx", out=str(tmp_path / "out"))
     assert [p.name for p in tmp_path.iterdir() if "out" in p.name] == []  # neither the folder nor a partial copy
     assert [v.ref for v in reg.list()] == before
