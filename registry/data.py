@@ -103,6 +103,17 @@ def _name_max(path: Path) -> int:
     return NAME_MAX_BYTES
 
 
+def regular_file(raw, option: str, described: str, fix: str) -> Path:
+    """`raw` checked as a path to a regular file: else one line, "`described` RAW is a folder; `fix`"."""
+    file = check_path(raw, option)
+    kind = path_kind(file, option)
+    if kind != "file":
+        problem = {"missing": "does not exist", "folder": "is a folder"}.get(kind, "is a device, pipe or socket")
+        error = NotFoundError if kind == "missing" else UsageError
+        raise error(f"{described} {raw} {problem}; {fix}")
+    return file
+
+
 def path_kind(path: Path, option: str) -> str:
     """"file" (regular), "folder", "other" (device, pipe, socket) or "missing"; unreachable paths are refused."""
     try:

@@ -25,7 +25,7 @@ import string
 from dataclasses import dataclass
 from typing import Callable
 
-from registry.errors import NotFoundError, UsageError
+from registry.errors import UsageError
 
 SHOT_SEPARATOR = "\n\n"
 ANSWER = "answer"
@@ -76,14 +76,9 @@ class Template:
 
     @classmethod
     def from_file(cls, path: str, option: str = "--template") -> "Template":
-        from registry.data import check_path, path_kind, read_text_file
+        from registry.data import read_text_file, regular_file
 
-        file = check_path(path, option)
-        kind = path_kind(file, option)
-        if kind != "file":
-            problem = {"missing": "does not exist", "folder": "is a folder"}.get(kind, "is a device, pipe or socket")
-            error = NotFoundError if kind == "missing" else UsageError
-            raise error(f"template file {path} {problem}; give a text file with {{placeholders}}")
+        file = regular_file(path, option, "template file", "give a text file with {placeholders}")
         return cls(read_text_file(file, "template"), source=f"template {path}")
 
     @property

@@ -25,7 +25,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from registry.errors import NotFoundError, UsageError
+from registry.errors import UsageError
 
 MULTIPLE_CHOICE, GENERATION, LAST_WORD = "multiple_choice", "generation", "last_word"
 # What MLflow takes in a metric key, less '/': a task name must not add a folder to its table's path.
@@ -111,21 +111,9 @@ def _example(record: dict, line: int, where: str) -> Example:
 
 def read_task(path: str, name: str | None = None, option: str = "--task") -> Task:
     """The examples of a JSONL task file, checked line by line."""
-    from registry.data import (
-        check_path,
-        json_line,
-        jsonl_lines,
-        lone_surrogate,
-        path_kind,
-        read_text_file,
-    )
+    from registry.data import json_line, jsonl_lines, lone_surrogate, read_text_file, regular_file
 
-    file = check_path(path, option)
-    kind = path_kind(file, option)
-    if kind != "file":
-        problem = {"missing": "does not exist", "folder": "is a folder"}.get(kind, "is a device, pipe or socket")
-        error = NotFoundError if kind == "missing" else UsageError
-        raise error(f"task file {path} {problem}; give a JSONL file with one example a line")
+    file = regular_file(path, option, "task file", "give a JSONL file with one example a line")
     examples: list[Example] = []
     text = read_text_file(file, "task file")
     for number, line in jsonl_lines(text):
