@@ -371,6 +371,30 @@ def test_prompts_at_the_context_edge(family_home):
     reg.close()
 
 
+def test_prompts_and_texts_at_gpt2s_context_of_1024(tmp_path, gpt2reg):
+    """GPT-2's own context: 1024 prompt tokens leave no room, 1025 are refused, and a text of
+    exactly 1024 or 1025 tokens is scored (the second through the sliding window)."""
+    from backends import keras_gpt2
+    from backends.configs import get_config
+
+    narrow = {**get_config("tiny"), "max_sequence_length": 1024}  # GPT-2's positions on a tiny body
+    keras_gpt2.save(keras_gpt2.build(narrow, seed=0), tmp_path / "preset")
+    home = tmp_path / "home"
+    assert gpt2reg("import", "long", tmp_path / "preset", "--home", home).exit_code == 0
+    fits = gpt2reg("generate", "long", _words(1023), "--max-new-tokens", "1", "--json", "--home", home)
+    assert fits.exit_code == 0 and len(fits.json()["outputs"][0]["token_ids"]) == 1, fits
+    for count in (1024, 1025):
+        refused = gpt2reg("generate", "long", _words(count), "--max-new-tokens", "1", "--home", home)
+        assert refused.exit_code == 2 and "exceeds the model's context of 1024" in refused.stderr, refused
+        assert refused.stderr.count("\n") == 1
+    for count in (1024, 1025):
+        text = tmp_path / f"text-{count}.txt"
+        text.write_text(_words(count), encoding="utf-8")
+        scored = gpt2reg("evaluate", "long", "--data", text, "--json", "--home", home)
+        assert scored.exit_code == 0, scored
+        assert scored.json()["tokens"] == count - 1  # every token after the first is predicted once
+
+
 @examples(8)
 @given(content=st.one_of(st.binary(max_size=120), texts.map(_encoded),
                          st.sampled_from([_words(CONTEXT).encode(), _words(CONTEXT + 1).encode(), b"a", b"\x00\x00"])),
