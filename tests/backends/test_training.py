@@ -35,6 +35,16 @@ class Interrupt(Exception):
     pass
 
 
+def interrupted_at_step_2(blocks, plan, checkpoints, fingerprint):
+    """Train until step 2 starts, as a killed run would (its step-1 checkpoint is on disk)."""
+    def crash(step, *_):
+        if step == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        training.train(tiny(), blocks, plan, checkpoints=checkpoints, fingerprint=fingerprint, on_step=crash)
+
+
 def test_resume_after_an_interruption_ends_with_the_weights_of_an_uninterrupted_run(blocks, tmp_path):
     plan = training.TrainingPlan(steps=6, batch_size=4, learning_rate=3e-3, warmup_steps=2, checkpoint_every=2, seed=3)
     # Dropout on: the random-seed state must be in the checkpoint too.
@@ -62,13 +72,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(blocks, tmp_path):
     from registry.errors import UsageError
 
     plan = training.TrainingPlan(steps=3, batch_size=4, learning_rate=1e-3, checkpoint_every=1)
-
-    def crash(step, *_):
-        if step == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        training.train(tiny(), blocks, plan, checkpoints=tmp_path, fingerprint="a", on_step=crash)
+    interrupted_at_step_2(blocks, plan, tmp_path, "a")
     with pytest.raises(UsageError, match="another run"):
         training.train(tiny(), blocks, plan, checkpoints=tmp_path, fingerprint="b", resume=True)
     with pytest.raises(UsageError, match="no checkpoint"):
@@ -81,13 +85,7 @@ def test_resume_refuses_a_damaged_checkpoint_before_reading_it(blocks, tmp_path)
     from registry.errors import UsageError
 
     plan = training.TrainingPlan(steps=2, batch_size=4, learning_rate=1e-3, checkpoint_every=1)
-
-    def crash(step, *_):
-        if step == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        training.train(tiny(), blocks, plan, checkpoints=tmp_path / "run", fingerprint="a", on_step=crash)
+    interrupted_at_step_2(blocks, plan, tmp_path / "run", "a")
     resumed = tiny()
     before = weights(resumed)
     for damage in ("truncated", "one flipped byte", "state.json unreadable"):
