@@ -35,6 +35,7 @@ import re
 from pathlib import Path
 
 from registry.errors import UsageError
+from registry.references import shown
 
 # Formats that load by unpickling: reading one runs the code it names.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
@@ -61,12 +62,6 @@ DTYPE_POLICY_SRC_PREFIX = "keras.src.dtype_policies"
 FILE_PATH_SETTINGS = ("vocabulary", "merges")
 
 TRUSTED_SOURCE_FIX = "re-save the model with KerasHub's save_to_preset from a source you trust"
-
-
-def _shown(value) -> str:
-    """A value from the file, quoted and cut short: the error stays one readable line."""
-    text = repr(value)
-    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def check_import_source(path: str | os.PathLike) -> None:
@@ -164,7 +159,7 @@ def _check_weight_map(index_file: Path, shard_suffix: str) -> None:
         for name in shard if isinstance(shard, list) else [shard]:
             if not _is_plain_file_name(name) or not str(name).endswith(shard_suffix):
                 raise UsageError(
-                    f"{index_file} names the shard {_shown(name)}; shards must be {shard_suffix} files beside it "
+                    f"{index_file} names the shard {shown(name)}; shards must be {shard_suffix} files beside it "
                     f"(no paths, no pickle formats): {TRUSTED_SOURCE_FIX}"
                 )
 
@@ -198,7 +193,7 @@ def _check_config_node(config, config_file: Path) -> None:
                     _check_asset_name(value, config_file)
                 elif key in FILE_PATH_SETTINGS and isinstance(value, str):
                     raise UsageError(
-                        f"{config_file} sets the tokenizer's {key} to the file {_shown(value)}, which Keras would read from "
+                        f"{config_file} sets the tokenizer's {key} to the file {shown(value)}, which Keras would read from "
                         f"outside the preset's assets; {TRUSTED_SOURCE_FIX}"
                     )
             pending.extend(node.values())
@@ -220,13 +215,13 @@ def _check_not_code(node: dict, config_file: Path) -> None:
     class_name, module = node.get("class_name"), node.get("module")
     if class_name in ("__lambda__", "Lambda"):
         raise UsageError(
-            f"{config_file} holds a Python lambda ({_shown(class_name)}) whose code Keras would run, and is refused; "
+            f"{config_file} holds a Python lambda ({shown(class_name)}) whose code Keras would run, and is refused; "
             f"{TRUSTED_SOURCE_FIX}"
         )
     if class_name == "function":
         function = f"{module}.{node.get('config')}"
         raise UsageError(
-            f"{config_file} names the function {_shown(function)} for Keras to call; a GPT-2 preset "
+            f"{config_file} names the function {shown(function)} for Keras to call; a GPT-2 preset "
             f"holds no functions, so it is refused; {TRUSTED_SOURCE_FIX}"
         )
 
@@ -235,7 +230,7 @@ def _check_module(node: dict, config_file: Path) -> None:
     module = node.get("module")
     if module is not None and not (isinstance(module, str) and (module == "keras" or module.startswith(("keras.", "keras_hub.")))):
         raise UsageError(
-            f"{config_file} names the Python module {_shown(module)} ({_shown(node.get('class_name'))}); a GPT-2 preset refers only "
+            f"{config_file} names the Python module {shown(module)} ({shown(node.get('class_name'))}); a GPT-2 preset refers only "
             f"to keras and keras_hub, so loading it could run foreign code and is refused; {TRUSTED_SOURCE_FIX}"
         )
 
@@ -245,7 +240,7 @@ def _check_expected_class(node: dict, config_file: Path) -> None:
     if not (_is_gpt2_class(class_name, module, registered_name) or _is_dtype_policy(class_name, module, registered_name)):
         named = registered_name if isinstance(registered_name, str) else f"{module}.{class_name}"
         raise UsageError(
-            f"{config_file} names the class {_shown(named)}; a GPT-2 preset holds only {', '.join(GPT2_CLASSES)} and "
+            f"{config_file} names the class {shown(named)}; a GPT-2 preset holds only {', '.join(GPT2_CLASSES)} and "
             f"Keras dtype policies, so it is refused before Keras builds it; {TRUSTED_SOURCE_FIX}"
         )
 
@@ -271,7 +266,7 @@ def _check_asset_name(value, config_file: Path) -> None:
     # KerasHub reads a tokenizer's files from assets/<config_file without .json>/.
     if not (_is_plain_file_name(value) and value.endswith(".json")):
         raise UsageError(
-            f"{config_file} sets config_file to {_shown(value)}, which would make KerasHub read files outside the "
+            f"{config_file} sets config_file to {shown(value)}, which would make KerasHub read files outside the "
             f"preset's assets; it must be a plain .json file name: {TRUSTED_SOURCE_FIX}"
         )
 
@@ -306,7 +301,7 @@ def check_hdf5_file(path: str | os.PathLike) -> None:
             if layout.get_layout() == h5py.h5d.VIRTUAL:
                 _refuse_hdf5(path, f"{where} is a virtual dataset mapped from other files")
             if layout.get_external_count():
-                _refuse_hdf5(path, f"{where} stores its data in the external file {_shown(layout.get_external(0)[0].decode('utf-8', 'replace'))}")
+                _refuse_hdf5(path, f"{where} stores its data in the external file {shown(layout.get_external(0)[0].decode('utf-8', 'replace'))}")
 
 
 def _describe_link(store, raw_name: bytes, link_type: int) -> str:
@@ -317,15 +312,15 @@ def _describe_link(store, raw_name: bytes, link_type: int) -> str:
     parent = store[parent_name] if parent_name else store  # reached through hard links only
     links = parent.id.links  # holds no reference to `parent`, which must stay open while it is read
     if link_type == h5py.h5l.TYPE_SOFT:
-        return f"a soft link to {_shown(links.get_val(name).decode('utf-8', 'replace'))}"
+        return f"a soft link to {shown(links.get_val(name).decode('utf-8', 'replace'))}"
     if link_type == h5py.h5l.TYPE_EXTERNAL:
         filename, target = (part.decode("utf-8", "replace") for part in links.get_val(name))
-        return f"an external link to {_shown(f'{filename}:{target}')}"
+        return f"an external link to {shown(f'{filename}:{target}')}"
     return "a user-defined link"
 
 
 def _shown_name(raw_name: bytes) -> str:
-    return _shown("/" + raw_name.decode("utf-8", "replace"))
+    return shown("/" + raw_name.decode("utf-8", "replace"))
 
 
 def _refuse_hdf5(path: Path, problem: str):

@@ -12,7 +12,6 @@ and batch-1 greedy tokens/s, all measured in this run.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,17 +112,17 @@ def checked_destination(raw) -> Path:
     checked first: text no file system takes, a symbolic link (the files would land where it points),
     a file or a folder with files in it, and a missing parent that cannot be made.
     """
+    from registry.artifacts import delivery_problem
     from registry.data import check_path, path_kind
 
     if not raw:
         raise UsageError("export needs --out DIR (a new or empty folder for the files)")
     out = Path(os.path.abspath(check_path(raw, "--out")))
-    if _is_link(out):
-        raise UsageError(f"--out {out} is a symbolic link (to {os.readlink(out)}); give the real folder it should "
-                         "write to, not a link")
-    kind = path_kind(out, "--out")
-    if kind in ("file", "other") or (kind == "folder" and not _is_empty_folder(out)):
-        raise UsageError(f"--out {out} already exists and is not an empty folder; choose a new folder")
+    kind = path_kind(out, "--out")  # refuses what cannot be reached (a loop of symbolic links)
+    # The same check the delivery repeats before the copy: absent, or an empty real folder.
+    problem = delivery_problem(out)
+    if problem:
+        raise UsageError(f"--out {problem}")
     if kind == "missing":
         for above in out.parents:
             above_kind = path_kind(above, "--out")
@@ -151,20 +150,6 @@ def refuse_store_paths(out: Path, home) -> None:
         if target == place or target.is_relative_to(place) or place.is_relative_to(target):
             raise UsageError(f"--out {out} is inside the registry home or its databases ({place}); "
                              "choose a folder outside it")
-
-
-def _is_link(path: Path) -> bool:
-    try:
-        return stat.S_ISLNK(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _is_empty_folder(path: Path) -> bool:
-    try:
-        return not any(path.iterdir())
-    except OSError as error:
-        raise UsageError(f"cannot list --out {path}: {error.strerror or error}; choose a folder you can read") from None
 
 
 @hookimpl

@@ -79,7 +79,7 @@ def stage_delivery(source: str | os.PathLike, destination: str | os.PathLike) ->
     from registry.errors import UsageError
 
     destination = Path(destination)
-    problem = _delivery_problem(destination)
+    problem = delivery_problem(destination)
     if problem:
         raise UsageError(problem)
     try:
@@ -101,7 +101,7 @@ def publish_delivery(partial: Path, destination: str | os.PathLike) -> Path:
     from registry.errors import UsageError
 
     destination = Path(destination)
-    problem = _delivery_problem(destination)
+    problem = delivery_problem(destination)
     if problem:
         raise UsageError(problem)
     if destination.is_dir():
@@ -110,18 +110,22 @@ def publish_delivery(partial: Path, destination: str | os.PathLike) -> Path:
     return destination
 
 
-def _delivery_problem(destination: Path) -> str | None:
+def delivery_problem(destination: Path) -> str | None:
     """Why files cannot be delivered to exactly `destination`, or None: it must be absent or an empty
     real folder (a symbolic link would send them wherever it points)."""
     try:
         mode = os.lstat(destination).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # absent (under a file: making its folder will say so)
         return None
     except OSError as error:
         return f"cannot reach {destination}: {error.strerror or error}; choose another folder"
     if stat.S_ISLNK(mode):
         return f"{destination} is a symbolic link; give the real folder it should write to, not a link"
-    if not stat.S_ISDIR(mode) or any(destination.iterdir()):
+    try:
+        occupied = not stat.S_ISDIR(mode) or any(destination.iterdir())
+    except OSError as error:
+        return f"cannot list {destination}: {error.strerror or error}; choose a folder you can read"
+    if occupied:
         return f"{destination} already exists and is not an empty folder; choose a new folder"
     return None
 

@@ -53,6 +53,8 @@ def check_path(raw, option: str) -> Path:
     backslashes (a Windows separator, an ordinary character here), and names or paths longer than
     the file system holds.
     """
+    from registry.references import shown
+
     if isinstance(raw, os.PathLike):
         raw = os.fspath(raw)
     if not isinstance(raw, str):
@@ -65,15 +67,15 @@ def check_path(raw, option: str) -> Path:
     for ch in raw:
         category = unicodedata.category(ch)
         if category == "Cc":
-            raise UsageError(f"{option} {ascii(raw)[:80]} holds the control character {_character(ch)}; "
+            raise UsageError(f"{option} {shown(raw)} holds the control character {_character(ch)}; "
                              "retype the path without it")
         if category == "Cs":
-            raise UsageError(f"{option} {ascii(raw)[:80]} is not valid UTF-8 text; rename the file with a UTF-8 name")
+            raise UsageError(f"{option} {shown(raw)} is not valid UTF-8 text; rename the file with a UTF-8 name")
         if ch in PATH_INVISIBLES:
-            raise UsageError(f"{option} {ascii(raw)[:80]} holds the invisible character {_character(ch)}; "
+            raise UsageError(f"{option} {shown(raw)} holds the invisible character {_character(ch)}; "
                              "retype the path without it")
         if ch in PATH_LOOKALIKES:
-            raise UsageError(f"{option} {ascii(raw)[:80]} holds {_character(ch)}, which looks like "
+            raise UsageError(f"{option} {shown(raw)} holds {_character(ch)}, which looks like "
                              f"{PATH_LOOKALIKES[ch]!r} but is a letter of a name; type a plain {PATH_LOOKALIKES[ch]!r}")
     if os.sep == "/" and "\\" in raw:
         raise UsageError(f"{option} {raw} holds a backslash; separate folders with '/'")
