@@ -12,22 +12,23 @@ Example:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from registry.artifacts import PRESET_ARTIFACT
 
 GENERATION_PARAMS = {
     "max_new_tokens": ("long", 32),
-    "sampler": ("string", "greedy"),
+    "sampler": ("string", "greedy"),  # greedy, beam, top_k, top_p, random or contrastive
     "temperature": ("double", 1.0),
-    "top_k": ("long", 50),
+    "top_k": ("long", 0),  # 0: the sampler's own default (top_k: 50; contrastive: 5 candidates)
     "top_p": ("double", 0.9),
     "num_beams": ("long", 4),
     "repetition_penalty": ("double", 1.0),
     "no_repeat_ngram_size": ("long", 0),
     "min_new_tokens": ("long", 0),
     "stop": ("string", ""),
-    "seed": ("long", 0),
+    "seed": ("long", 0),  # served answers are reproducible: the same seed, the same text
     "runtime": ("string", "auto"),  # onnx for float32 and int8 variants (backends.decoding.decoder_for)
 }
 
@@ -37,7 +38,12 @@ import mlflow.pyfunc
 
 
 class _GPT2PyFunc:
-    """Generates text for a list of prompts (or a DataFrame with a `prompt` column)."""
+    """Generates text for a list of prompts (or a DataFrame with a `prompt` column).
+
+    Bad input (an unknown sampler, a prompt too long for the model's context) is
+    refused with MLflow's INVALID_PARAMETER_VALUE, which the scoring server
+    answers with HTTP 400 and the one-line reason.
+    """
 
     def load_context(self, context):
         from backends import keras_gpt2
@@ -46,28 +52,17 @@ class _GPT2PyFunc:
 
     def predict(self, context, model_input, params=None):
         from backends import generation
-        from backends.tokenizer import encode
+        from backends.tokenizer import encode_batch
 
         prompts = _prompts(model_input)
-        settings = {key: default for key, (_, default) in GENERATION_PARAMS.items()}
-        settings.update({k: v for k, v in (params or {}).items() if k in settings and v is not None})
-        results = generation.generate(
-            self.lm,
-            [encode(p) for p in prompts],
-            max_new_tokens=int(settings["max_new_tokens"]),
-            sampler=str(settings["sampler"]),
-            temperature=float(settings["temperature"]),
-            top_k=int(settings["top_k"]),
-            top_p=float(settings["top_p"]),
-            num_beams=int(settings["num_beams"]),
-            repetition_penalty=float(settings["repetition_penalty"]),
-            no_repeat_ngram_size=int(settings["no_repeat_ngram_size"]),
-            min_new_tokens=int(settings["min_new_tokens"]),
-            stop=(str(settings["stop"]),) if settings["stop"] else (),
-            seed=int(settings["seed"]),
-            runtime=str(settings["runtime"]),
-        )
-        return [r.text for r in results]
+        config = _generation_config(params or {})
+        prompt_ids = encode_batch(prompts)
+        context_length = self.lm.backbone.max_sequence_length
+        for number, ids in enumerate(prompt_ids, 1):
+            if len(ids) + config.max_new_tokens > context_length:
+                _refuse(f"prompt {number} has {len(ids)} tokens; with max_new_tokens {config.max_new_tokens} it "
+                        f"exceeds the model's context of {context_length}: shorten it or lower max_new_tokens")
+        return [result.text for result in generation.generate(self.lm, prompt_ids, config)]
 
 
 with warnings.catch_warnings():
@@ -79,13 +74,60 @@ with warnings.catch_warnings():
         __doc__ = _GPT2PyFunc.__doc__
 
 
+def _refuse(message: str):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _generation_config(params: dict):
+    """The same settings, checks and defaults as `gpt2reg generate` (backends.generation.GenerationConfig)."""
+    from backends.generation import GenerationConfig
+
+    settings = {key: default for key, (_, default) in GENERATION_PARAMS.items()}
+    settings.update({key: value for key, value in params.items() if key in settings and value is not None})
+    try:
+        config = GenerationConfig(
+            max_new_tokens=int(settings["max_new_tokens"]),
+            sampler=str(settings["sampler"]),
+            temperature=float(settings["temperature"]),
+            top_k=int(settings["top_k"]) or None,
+            top_p=float(settings["top_p"]),
+            num_beams=int(settings["num_beams"]),
+            repetition_penalty=float(settings["repetition_penalty"]),
+            no_repeat_ngram_size=int(settings["no_repeat_ngram_size"]),
+            min_new_tokens=int(settings["min_new_tokens"]),
+            stop=(str(settings["stop"]),) if settings["stop"] else (),
+            seed=int(settings["seed"]),
+            runtime=str(settings["runtime"]),
+        )
+    except (TypeError, ValueError) as error:
+        _refuse(f"a generation parameter has the wrong type ({error})")
+    problems = config.problems()
+    if problems:
+        # The sentences name command-line flags (--max-new-tokens); here they are params (max_new_tokens).
+        _refuse(re.sub(r"--([a-z-]+)", lambda flag: flag.group(1).replace("-", "_"), problems[0]))
+    return config
+
+
 def _prompts(model_input) -> list[str]:
+    from registry.errors import UsageError
+    from registry.prompts import check_text
+
     if isinstance(model_input, str):
-        return [model_input]
-    if hasattr(model_input, "columns"):  # a pandas DataFrame
+        prompts = [model_input]
+    elif hasattr(model_input, "columns"):  # a pandas DataFrame: its `prompt` column, else its only one
         column = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
-        return [str(p) for p in model_input[column].tolist()]
-    return [str(p) for p in model_input]
+        prompts = model_input[column].tolist()
+    else:
+        prompts = list(model_input)
+    if not prompts:
+        _refuse("no prompt given: send a list of prompts or a DataFrame with a `prompt` column")
+    try:
+        return [check_text(prompt, f"prompt {number}") for number, prompt in enumerate(prompts, 1)]
+    except UsageError as error:
+        _refuse(str(error))
 
 
 def signature():
@@ -93,8 +135,10 @@ def signature():
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([ColSpec("string")]),  # a list of prompts, or a one-column DataFrame
-        outputs=Schema([ColSpec("string")]),
+        # Unnamed, so that a plain list of prompts passes MLflow's schema check; a DataFrame's
+        # `prompt` column is picked by name in predict().
+        inputs=Schema([ColSpec("string")]),
+        outputs=Schema([ColSpec("string")]),  # the generated continuation of each prompt
         params=ParamSchema([ParamSpec(name, dtype, default) for name, (dtype, default) in GENERATION_PARAMS.items()]),
     )
 

@@ -1,0 +1,117 @@
+"""A registered variant serves: `mlflow.pyfunc.load_model("models:/NAME@alias")` and
+`mlflow models serve` answer what the SDK's `generate` answers for the same settings and seed."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+PROMPTS = ["The meaning of life is", "Hello, my dog is cute"]
+SAMPLED = {"max_new_tokens": 6, "sampler": "top_k", "top_k": 20, "temperature": 0.8, "seed": 7}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, fixture_dir):
+    """The Hugging Face fixture imported as `fx/1`, aliased `fx@prod`, and the SDK's answers for it."""
+    from registry import Registry
+
+    home = tmp_path_factory.mktemp("served")
+    reg = Registry(home)
+    reg.import_("fx", str(fixture_dir))
+    reg.alias("fx/1", "prod")
+    expected = {
+        "greedy": [o["text"] for o in reg.run("generate", "fx@prod", prompts=PROMPTS, max_new_tokens=6).output["outputs"]],
+        "sampled": [o["text"] for o in reg.run("generate", "fx@prod", prompts=PROMPTS, **SAMPLED).output["outputs"]],
+    }
+    reg.close()
+    return home, expected
+
+
+def test_pyfunc_takes_a_list_or_a_prompt_column_and_generation_params(served, reference, monkeypatch):
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    home, expected = served
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/fx@prod")
+
+    signature = model.metadata.signature
+    assert [spec.type.name for spec in signature.inputs.inputs] == ["string"]
+    assert [spec.type.name for spec in signature.outputs.inputs] == ["string"]
+    params = {spec.name: spec.default for spec in signature.params.params}
+    assert {"max_new_tokens", "temperature", "sampler", "top_k", "top_p", "seed"} <= set(params)
+
+    assert model.predict(PROMPTS, params={"max_new_tokens": 6}) == expected["greedy"]
+    frame = pd.DataFrame({"prompt": PROMPTS})
+    assert model.predict(frame, params=SAMPLED) == expected["sampled"]
+    assert expected["sampled"] != expected["greedy"]  # the params really reached the sampler
+
+    # Greedy tokens equal what Hugging Face transformers produced for the same checkpoint.
+    case = next(c for c in reference["cases"] if "greedy_16" in c)
+    assert model.predict([case["text"]], params={"max_new_tokens": 16}) == [case["greedy_16_text"]]
+
+    with pytest.raises(MlflowException, match="unknown sampler 'sample'"):
+        model.predict(PROMPTS, params={"sampler": "sample"})
+    with pytest.raises(MlflowException, match="exceeds the model's context of 128"):
+        model.predict(["word " * 200], params={"max_new_tokens": 4})
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _post(port: int, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_mlflow_models_serve_answers_like_the_sdk(served):
+    home, expected = served
+    port = _free_port()
+    # The scoring server runs `uvicorn` from PATH: as in an activated virtual environment.
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+                   "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/fx@prod", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        ready = False
+        while not ready and time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    ready = response.status == 200
+            except OSError:
+                time.sleep(0.5)  # the server is still loading the model
+        assert ready, server.stderr.read().decode()[-3000:] if server.poll() is not None else "no answer in 240 s"
+
+        status, answer = _post(port, {"inputs": PROMPTS, "params": {"max_new_tokens": 6}})
+        assert status == 200 and answer == {"predictions": expected["greedy"]}
+        status, answer = _post(port, {"dataframe_split": {"columns": ["prompt"], "data": [[p] for p in PROMPTS]},
+                                      "params": SAMPLED})
+        assert status == 200 and answer == {"predictions": expected["sampled"]}
+        status, answer = _post(port, {"dataframe_records": [{"prompt": p} for p in PROMPTS], "params": SAMPLED})
+        assert status == 200 and answer == {"predictions": expected["sampled"]}
+
+        status, answer = _post(port, {"inputs": PROMPTS, "params": {"sampler": "sample"}})
+        assert status == 400 and "unknown sampler 'sample'" in answer["message"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
