@@ -50,6 +50,8 @@ def load(preset_dir: str | os.PathLike, dtype: str | None = None) -> "keras_hub.
     config = json.loads(Path(preset_dir, "config.json").read_text(encoding="utf-8"))
     if config.get("model_type") == "gpt2":  # a Hugging Face folder (an `hf` export)
         overrides.update(_hf_overrides(Path(preset_dir), config))
+    elif _is_plain_causal_lm_preset(Path(preset_dir)):
+        return _load_with_shared_tokenizer(Path(preset_dir), overrides)
     lm = keras_hub.models.GPT2CausalLM.from_preset(preset_dir, **overrides)
     _fit_preprocessor_to_context(lm)
     return lm
@@ -73,6 +75,41 @@ def backbone_config(lm) -> dict:
 
 def parameter_count(lm) -> int:
     return int(lm.backbone.count_params())
+
+
+def _is_plain_causal_lm_preset(preset_dir: Path) -> bool:
+    """A float preset as `save` writes it: a GPT2CausalLM with KerasHub's default preprocessor
+    settings, no task weights, and the standard tokenizer."""
+    from backends.tokenizer import is_standard_tokenizer
+
+    try:
+        task = json.loads((preset_dir / "task.json").read_text(encoding="utf-8"))
+        preprocessor = json.loads((preset_dir / "preprocessor.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    settings = preprocessor.get("config", {})
+    backbone_dtype = task.get("config", {}).get("backbone", {}).get("config", {}).get("dtype")
+    return (
+        task.get("class_name") == "GPT2CausalLM"
+        # Quantized presets (a DTypePolicyMap) load only through from_preset's own path.
+        and isinstance(backbone_dtype, dict) and backbone_dtype.get("class_name") == "DTypePolicy"
+        and preprocessor.get("class_name") == "GPT2CausalLMPreprocessor"
+        and settings.get("add_start_token") is True and settings.get("add_end_token") is True
+        and not (preset_dir / "task.weights.h5").exists()
+        and is_standard_tokenizer(preset_dir)
+    )
+
+
+def _load_with_shared_tokenizer(preset_dir: Path, overrides: dict) -> "keras_hub.models.GPT2CausalLM":
+    """What `GPT2CausalLM.from_preset` builds, but over the process's one tokenizer: from_preset
+    rebuilds the tokenizer's lookup tables from its files on every load (about a second)."""
+    from backends.tokenizer import keras_tokenizer
+
+    backbone = keras_hub.models.GPT2Backbone.from_preset(str(preset_dir), **overrides)
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
+        tokenizer=keras_tokenizer(), sequence_length=backbone.max_sequence_length
+    )
+    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor)
 
 
 def _fit_preprocessor_to_context(lm) -> None:

@@ -92,9 +92,31 @@ def vocabulary_and_merges() -> tuple[dict[str, int], list[str]]:
     return vocabulary, merges
 
 
+@functools.lru_cache(maxsize=1)
 def keras_tokenizer():
-    """A KerasHub `GPT2Tokenizer` over the same files (imports KerasHub)."""
+    """A KerasHub `GPT2Tokenizer` over the same files (imports KerasHub).
+
+    One per process, shared by every model built or loaded with the standard
+    vocabulary: building its lookup tables costs about a second, more than
+    loading a small model's weights. The tokenizer holds no per-model state.
+    """
     import keras_hub
 
     vocabulary, merges = vocabulary_and_merges()
     return keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=merges)
+
+
+def is_standard_tokenizer(preset_dir: Path) -> bool:
+    """Whether a KerasHub preset's tokenizer is `keras_tokenizer()`: the same class, settings and files."""
+    try:
+        config = json.loads((preset_dir / "tokenizer.json").read_text(encoding="utf-8"))
+        assets = preset_dir / "assets" / "tokenizer"
+        settings = config.get("config", {})
+        if config.get("class_name") != "GPT2Tokenizer" or settings.get("sequence_length") is not None \
+                or settings.get("add_prefix_space") or settings.get("unsplittable_tokens") != [END_OF_TEXT]:
+            return False
+        vocabulary, merges = vocabulary_and_merges()
+        return (json.loads((assets / "vocabulary.json").read_text(encoding="utf-8")) == vocabulary
+                and [m for m in (assets / "merges.txt").read_text(encoding="utf-8").split("\n") if m] == merges)
+    except (OSError, ValueError, AttributeError):
+        return False  # anything unusual loads the slow, general way
