@@ -27,12 +27,26 @@ def documents() -> tuple[list[str], str]:
     return [f.read_text(encoding="utf-8", errors="replace") for f in files], f"{stdlib} (*.py)"
 
 
-def write_splits(folder: Path, held_out_every: int = 10) -> tuple[Path, Path, str]:
-    """Write train.txt and heldout.txt (every n-th document held out) into `folder`."""
+def write_splits(folder: Path, held_out_every: int = 10, heldout_tokens: int | None = None) -> tuple[Path, Path, str]:
+    """Write train.txt and heldout.txt (every n-th document held out) into `folder`.
+
+    `heldout_tokens` keeps held-out documents, in order, while they fit in about that
+    many tokens (at least one document); the ones left out are not trained on either.
+    """
     texts, origin = documents()
     folder.mkdir(parents=True, exist_ok=True)
     train = [t for i, t in enumerate(texts) if i % held_out_every]
     heldout = [t for i, t in enumerate(texts) if not i % held_out_every]
+    if heldout_tokens is not None:
+        from backends.tokenizer import encode_batch
+
+        kept, total = [], 0
+        for text, ids in zip(heldout, encode_batch(heldout)):
+            if kept and total + len(ids) > heldout_tokens:
+                continue  # a long document; a shorter one later may still fit
+            kept.append(text)
+            total += len(ids)
+        heldout = kept
     train_file, heldout_file = folder / "train.txt", folder / "heldout.txt"
     train_file.write_text("\n\n".join(train), encoding="utf-8")
     heldout_file.write_text("\n\n".join(heldout), encoding="utf-8")

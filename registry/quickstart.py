@@ -16,16 +16,22 @@ from typing import Callable
 from registry import corpus
 
 DEFAULT_STEPS = 150  # full fine-tuning; the LoRA step takes half as many
+MIN_HELDOUT_TOKENS = 500  # below this a perplexity says little and the word-order task has no examples
 
 
-def run_quickstart(reg, *, name: str = "quickstart", steps: int | None = None,
+def run_quickstart(reg, *, name: str = "quickstart", steps: int | None = None, heldout_tokens: int | None = None,
                    say: Callable[[str], None] | None = None) -> dict:
+    from registry.errors import UsageError
+
+    if heldout_tokens is not None and heldout_tokens < MIN_HELDOUT_TOKENS:
+        raise UsageError(f"--heldout-tokens must be at least {MIN_HELDOUT_TOKENS} (got {heldout_tokens}); "
+                         "leave it out to score all the held-out text")
     show_tree = say is not None
     say = say or (lambda message: None)
     started = time.perf_counter()
     reg.init()
     data_dir = reg.home.path / "quickstart-data"
-    train_file, heldout_file, origin = corpus.write_splits(data_dir)
+    train_file, heldout_file, origin = corpus.write_splits(data_dir, heldout_tokens=heldout_tokens)
     say(f"corpus: {origin}; training text {train_file}, held-out text {heldout_file}")
 
     def evaluate(variant):

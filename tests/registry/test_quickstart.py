@@ -9,7 +9,8 @@ import pytest
 
 def test_quickstart_registers_every_step_and_halves_perplexity(gpt2reg, tmp_path):
     home = tmp_path / "home"
-    result = gpt2reg("quickstart", "--steps", 30, "--json", "--home", home)
+    # A shortened held-out text (about 1,250 tokens of 9,800) is scored by every step alike.
+    result = gpt2reg("quickstart", "--steps", 30, "--heldout-tokens", 2000, "--json", "--home", home)
     assert result.exit_code == 0, result
     summary = result.json()
     base, tuned, adapter, merged, quantized, student = summary["variants"]
@@ -46,3 +47,9 @@ def test_quickstart_registers_every_step_and_halves_perplexity(gpt2reg, tmp_path
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [row["ref"] for row in summary["comparison"]["variants"]] == [
         base["ref"], tuned["ref"], merged["ref"], quantized["ref"], student["ref"]]
+
+
+def test_quickstart_refuses_a_held_out_text_too_short_to_measure(gpt2reg, tmp_path):
+    result = gpt2reg("quickstart", "--heldout-tokens", 100, "--home", tmp_path / "home")
+    assert result.exit_code == 2 and "--heldout-tokens must be at least 500" in result.stderr
+    assert not (tmp_path / "home").exists()
