@@ -9,6 +9,7 @@ this metadata.
 from __future__ import annotations
 
 import copy
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -32,7 +33,10 @@ from sqlalchemy.types import TypeDecorator
 from registry.lineage.entities import LineageEdge, LineageVariant
 
 KINDS = ("full", "adapter", "export")
+# The built-in capabilities' operations. A plugin's capability names its own (`Capability.operation`,
+# e.g. "prune"), so the store accepts any short lowercase name, not only these.
 OPERATIONS = ("create", "import", "finetune", "lora", "merge", "quantize", "distill", "export")
+OPERATION_NAME = re.compile(r"[a-z][a-z0-9_-]{0,15}")  # fits the String(16) columns
 
 # Named constraints keep migrations portable: SQLite batch mode and Postgres
 # ALTERs both need a name to drop or alter a constraint later.
@@ -94,7 +98,6 @@ class Variant(Base):
     __table_args__ = (
         UniqueConstraint("name", "version"),
         CheckConstraint(_in_list("kind", KINDS), name="kind"),
-        CheckConstraint(_in_list("operation", OPERATIONS), name="operation"),
         CheckConstraint("version >= 1", name="version_positive"),
     )
 

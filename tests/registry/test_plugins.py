@@ -311,44 +311,44 @@ def test_a_lifecycle_hook_that_raises_disables_its_plugin_not_the_run(hook, fres
     assert gpt2reg("tokenize", "hi").stderr == ""  # disabled: it is not called again
 
 
-def _prune_plugin(failure):
+def _sparsify_plugin(failure):
     """A third-party capability that makes a variant, and a command for it, the way a plugin adds both."""
     import click
 
     from registry import Capability, CapabilityResult, hookimpl
 
-    class Prune(Capability):
-        name = "prune"
-        operation = "prune"
+    class Sparsify(Capability):
+        name = "sparsify"
+        operation = "sparsify"
 
         def run(self, context):
             (context.workdir / "preset").mkdir()
             (context.workdir / "preset" / "model.weights.h5").write_bytes(b"half written")
             if failure == "raises":
-                raise ValueError("pruned every weight")
+                raise ValueError("zeroed every weight")
             return CapabilityResult(metrics={"sparsity": 1.0})  # no preset_dir: nothing to register
 
-    class AcmePrune:
+    class AcmeSparsify:
         @hookimpl
         def register_capabilities(self, register):
-            register(Prune)
+            register(Sparsify)
 
         @hookimpl
         def register_commands(self, cli):
             from registry.cli import common, emit, open_registry
 
-            @cli.command("prune")
+            @cli.command("sparsify")
             @click.argument("ref")
             @common
-            def prune(ref):
-                """Prune REF's smallest weights."""
-                emit(open_registry().run("prune", ref).to_dict())
+            def sparsify(ref):
+                """Zero REF's smallest weights."""
+                emit(open_registry().run("sparsify", ref).to_dict())
 
-    return AcmePrune()
+    return AcmeSparsify()
 
 
 @pytest.mark.parametrize("failure, error", [
-    ("raises", "ValueError: pruned every weight"),
+    ("raises", "ValueError: zeroed every weight"),
     ("returns no variant", "TypeError: run returned no folder for the new variant (preset_dir=None)"),
 ])
 def test_a_failing_capability_is_a_failed_run_that_registers_nothing(failure, error, fresh_plugins, imported_home,
@@ -370,22 +370,22 @@ def test_a_failing_capability_is_a_failed_run_that_registers_nothing(failure, er
             raise ConnectionError("pager unreachable")
 
     manager = plugins.load_plugins()
-    manager.register(_prune_plugin(failure), name="acme-prune")
+    manager.register(_sparsify_plugin(failure), name="acme-sparsify")
     manager.register(Alerts(), name="acme-alerts")
     manager.register(BrokenAlerts(), name="acme-pager")
     before = store_snapshot(imported_home)
     try:
-        result = gpt2reg("prune", "fx", "--home", imported_home)
+        result = gpt2reg("sparsify", "fx", "--home", imported_home)
     finally:
-        cli.commands.pop("prune", None)
+        cli.commands.pop("sparsify", None)
 
     assert result.exit_code == 1, result
-    message = f"plugin 'acme-prune' failed in capability 'prune': {error}"
+    message = f"plugin 'acme-sparsify' failed in capability 'sparsify': {error}"
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {message} (set GPT2REG_DEBUG=1 for the traceback)"], result.stderr
     assert "warning: plugin 'acme-pager' failed in on_run_error: ConnectionError: pager unreachable" in result.stderr
     [(capability, raised)] = seen
-    assert capability == "prune" and isinstance(raised, CapabilityFailed) and raised.plugin == "acme-prune"
+    assert capability == "sparsify" and isinstance(raised, CapabilityFailed) and raised.plugin == "acme-sparsify"
 
     after = store_snapshot(imported_home)
     assert after["variants"] == before["variants"] and after["versions"] == before["versions"]
@@ -394,7 +394,7 @@ def test_a_failing_capability_is_a_failed_run_that_registers_nothing(failure, er
     run = Registry(imported_home).tracker.get_run(run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["gpt2reg.error"] == message
-    assert run.data.tags["gpt2reg.plugin"] == "acme-prune" and run.data.tags["gpt2reg.parent"] == "fx/1"
+    assert run.data.tags["gpt2reg.plugin"] == "acme-sparsify" and run.data.tags["gpt2reg.parent"] == "fx/1"
     assert gpt2reg("tokenize", "still works", "--json").json()["token_ids"] == [24219, 2499]
 
 
