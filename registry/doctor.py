@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from registry import artifacts
-from registry.tracking import REGISTERED_MODEL_DESCRIPTION
+from registry.tracking import REGISTERED_MODEL_DESCRIPTION, TrackingServerUnreachable
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -44,6 +44,8 @@ def run_doctor(reg, *, repair: bool = False) -> dict:
         try:
             path = reg.preset_path(row.ref)
             actual = artifacts.content_hash(path)
+        except TrackingServerUnreachable:
+            raise  # says nothing about the files: --repair must not remove a variant for it
         except Exception as error:  # missing or unreadable files
             actual, path = None, error
         if actual != row.content_hash:
@@ -77,6 +79,11 @@ def run_doctor(reg, *, repair: bool = False) -> dict:
     if reg.home.staging.exists():
         for leftover in sorted(reg.home.staging.iterdir()):
             report("staging-leftover", f"unfinished work folder {leftover}",
+                   lambda leftover=leftover: shutil.rmtree(leftover, ignore_errors=True))
+    cache = reg.home.path / "cache"
+    if cache.is_dir():
+        for leftover in sorted(cache.glob(".*-download-*")):
+            report("download-leftover", f"an interrupted download of a variant's files, {leftover}",
                    lambda leftover=leftover: shutil.rmtree(leftover, ignore_errors=True))
     if reg.home.checkpoints.exists():
         for run_folder in sorted(reg.home.checkpoints.iterdir()):

@@ -2,7 +2,8 @@
 
 `--home DIR`, else `$GPT2REG_HOME`, else `./mlruns`. Both stores can instead
 be URLs for team use (`tracking_uri="http://host:5000"`,
-`lineage_url="postgresql://..."`).
+`lineage_url="postgresql://..."`). The home folder is then still where this
+machine keeps its work folders and its cache of downloaded variants.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Iterator
 from registry.errors import UsageError
 
 DEFAULT_HOME = "mlruns"
+# Tracking URIs that name a database MLflow opens itself (no tracking server between).
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,10 @@ class Home:
                              "give a folder without them with --home")
         return cls(
             path=path,
-            tracking_uri=tracking_uri or f"sqlite:///{path / 'mlflow.db'}",
-            lineage_url=lineage_url or f"sqlite:///{path / 'lineage.db'}",
+            tracking_uri=with_installed_driver(_checked_uri(tracking_uri, "--tracking-uri"))
+            if tracking_uri else f"sqlite:///{path / 'mlflow.db'}",
+            lineage_url=with_installed_driver(_checked_uri(lineage_url, "--lineage-url"))
+            if lineage_url else f"sqlite:///{path / 'lineage.db'}",
         )
 
     @property
@@ -61,7 +66,13 @@ class Home:
 
     @property
     def is_local(self) -> bool:
+        """Whether MLflow's store is a SQLite file of this machine (the home's own, by default)."""
         return self.tracking_uri.startswith("sqlite:")
+
+    @property
+    def tracking_server(self) -> bool:
+        """Whether MLflow is reached through a tracking server (which then also holds the artifacts)."""
+        return _scheme(self.tracking_uri) not in _DATABASE_SCHEMES
 
     def exists(self) -> bool:
         if not self.lineage_url.startswith("sqlite:"):
@@ -88,5 +99,66 @@ class Home:
 
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        self.artifact_root.mkdir(exist_ok=True)
+        if not self.tracking_server:  # a tracking server keeps the artifacts itself
+            self.artifact_root.mkdir(exist_ok=True)
         self.staging.mkdir(exist_ok=True)
+
+
+def _scheme(url: str) -> str:
+    """`postgresql` for `postgresql+psycopg2://...`: the database, whatever the driver."""
+    return url.split(":", 1)[0].split("+", 1)[0].lower() if ":" in url else ""
+
+
+def _checked_uri(url: str, option: str) -> str:
+    scheme = _scheme(url)
+    if scheme in ("", "file") or ("://" not in url and not scheme.startswith("databricks")):
+        # MLflow would take a bare path for its file store, which it refuses since 3.13.
+        raise UsageError(f"{option} {url!r} is not a URL: give an MLflow server (http://host:5000) or a database "
+                         "(postgresql://user@host/db, sqlite:////path/to/file.db), or use --home DIR for a local registry")
+    return url
+
+
+def with_installed_driver(url: str) -> str:
+    """A `postgresql://` URL spelled with the PostgreSQL driver that is installed.
+
+    SQLAlchemy 2.1 reads a bare `postgresql://` as psycopg 3, while the `postgres`
+    extra installs psycopg2: the driver is named explicitly so that both work.
+    Any other URL is returned as given. With only psycopg2 installed,
+    `postgresql://team@db.example/registry` becomes
+    `postgresql+psycopg2://team@db.example/registry`.
+    """
+    import importlib.util
+
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower() not in ("postgresql", "postgres"):
+        return url
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"postgresql+{driver}://{rest}"
+    raise UsageError("a postgresql:// store needs a PostgreSQL driver: pip install 'gpt2-registry[postgres]' "
+                     "(psycopg2-binary)")
+
+
+def shown_url(url: str) -> str:
+    """The URL with any password masked, for messages."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return url
+
+
+def connection_problem(url: str, error: BaseException, option: str) -> str:
+    """One line naming why a database server refused a connection, and what to do about it."""
+    cause = getattr(error, "orig", None) or error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(cause).__name__
+    if "does not exist" in reason:
+        fix = f"create it (`createdb NAME` on the server) or correct {option}"
+    elif "authentication failed" in reason or "password" in reason:
+        fix = f"check the user and password in {option}"
+    else:
+        fix = f"start the database server, or correct {option}"
+    return f"cannot connect to the database {shown_url(url)}: {reason.rstrip('.')}; {fix}"

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from registry.errors import NotFoundError, RegistryError
-from registry.home import Home
+from registry.errors import NotFoundError, RegistryError, UsageError
+from registry.home import Home, connection_problem
 
 EXPERIMENT = "gpt2reg"
 TAG_PREFIX = "gpt2reg."
@@ -27,11 +28,17 @@ def _quiet_mlflow() -> None:
     import warnings
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # With a tracking server MLflow prints "View run at ..." on stdout, where --json prints its document.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # The signature is given explicitly; an input example would run the model at save time.
     warnings.filterwarnings("ignore", message=".*input example was not provided.*")
     # MLflow's first connection to a new database runs Alembic migrations that log at INFO.
     for name in ("mlflow", "alembic", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class TrackingServerUnreachable(UsageError):
+    """The MLflow tracking server did not answer (not running, wrong address)."""
 
 
 class Tracker:
@@ -44,14 +51,19 @@ class Tracker:
         self.home = home
         self._mlflow = mlflow
         self._experiment_id: str | None = None
-        if not home.is_local:
+        if home.tracking_server:
+            # MLflow's client retries a refused connection for minutes before it gives up.
+            check_server_answers(home.tracking_uri)
             self.client = MlflowClient(tracking_uri=home.tracking_uri, registry_uri=home.tracking_uri)
             return
-        with home.lock():
-            # MLflow creates or migrates its tables when a store first connects (the
-            # client's constructor connects): one process at a time, under the home's lock.
+        # MLflow creates or migrates its tables when a store first connects (the client's
+        # constructor connects): one process at a time, or all but the first fail on
+        # "duplicate column" (a SQLite home: under its lock file; a database server: under
+        # a lock of the server's own, since team members' homes share nothing else).
+        with home.lock() if home.is_local else _database_lock(home.tracking_uri):
             self.client = MlflowClient(tracking_uri=home.tracking_uri, registry_uri=home.tracking_uri)
             self.client._get_registry_client().store  # noqa: B018
+        if home.is_local:
             _use_write_ahead_log(home.path / "mlflow.db")
 
     # ------------------------------------------------------------ runs
@@ -65,7 +77,9 @@ class Tracker:
             else:
                 from mlflow.exceptions import MlflowException
 
-                location = self.home.artifact_root.as_uri() if self.home.is_local else None
+                # A tracking server keeps the artifacts itself (--serve-artifacts); MLflow opening a
+                # database directly would put them under the working directory.
+                location = None if self.home.tracking_server else self.home.artifact_root.as_uri()
                 try:
                     self._experiment_id = self.client.create_experiment(EXPERIMENT, artifact_location=location)
                 except MlflowException:  # another process created it first
@@ -124,31 +138,44 @@ class Tracker:
         self.client.set_tag(run_id, key, value)
 
     def delete_run(self, run_id: str) -> None:
-        """Mark the run deleted in MLflow and, in a local home, remove its artifact files.
+        """Mark the run deleted in MLflow and remove its artifact files.
 
         MLflow's own delete keeps the files until `mlflow gc`; a half-made variant's
-        files must not outlive it (they may be a partial copy).
+        files must not outlive it (they may be a partial copy). Files in this home are
+        removed directly; files a tracking server holds are deleted through it.
         """
         import shutil
 
         from mlflow.exceptions import MlflowException
 
-        folder = None
+        artifact_uri = None
         try:
-            folder = self.run_artifact_folder(self.client.get_run(run_id).info.artifact_uri)
+            artifact_uri = self.client.get_run(run_id).info.artifact_uri
         except MlflowException:
             pass
+        folder = self.run_artifact_folder(artifact_uri)
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
+        elif artifact_uri and self.home.tracking_server:
+            self._delete_served_artifacts(artifact_uri)
         try:
             self.client.delete_run(run_id)
         except MlflowException:
             pass
 
-    def run_artifact_folder(self, artifact_uri: str) -> Path | None:
+    def _delete_served_artifacts(self, artifact_uri: str) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            get_artifact_repository(artifact_uri, tracking_uri=self.home.tracking_uri).delete_artifacts()
+        except Exception as error:  # a server that cannot delete: the run is still marked deleted
+            logging.getLogger(__name__).warning("warning: the files of %s stay on the tracking server (%s); "
+                                                "`mlflow gc` there removes them", artifact_uri, error)
+
+    def run_artifact_folder(self, artifact_uri: str | None) -> Path | None:
         """The local folder of a run's artifacts (`<root>/<experiment>/<run>`), only inside this home."""
         path = local_path(artifact_uri or "")
-        if path is None or not self.home.is_local:
+        if path is None:
             return None
         folder = path.parent if path.name == "artifacts" else path
         root = self.home.artifact_root.resolve()
@@ -231,9 +258,91 @@ class Tracker:
         from mlflow.artifacts import download_artifacts
 
         try:
-            return Path(download_artifacts(artifact_uri=artifact_uri, dst_path=str(destination)))
+            # The tracking URI resolves `mlflow-artifacts:/` URIs to the server that serves them.
+            return Path(download_artifacts(artifact_uri=artifact_uri, dst_path=str(destination),
+                                           tracking_uri=self.home.tracking_uri))
         except Exception as error:
+            if self.home.tracking_server and _unreachable(error):
+                raise TrackingServerUnreachable(
+                    f"the MLflow tracking server {self.home.tracking_uri} stopped answering while fetching "
+                    f"{artifact_uri}; check that it is running and run the command again") from None
             raise RegistryError(f"cannot fetch artifacts {artifact_uri}: {error}") from error
+
+
+def check_server_answers(uri: str, timeout: float = 10.0) -> None:
+    """Fail at once, in one line, when nothing answers at the tracking server's address.
+
+    Any HTTP answer will do (a server behind a login may answer 401 to an anonymous
+    probe); only a refused or timed-out connection is an error here.
+    """
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise TrackingServerUnreachable(
+            f"cannot reach the MLflow tracking server at {uri} ({reason}); start it (`mlflow server "
+            "--backend-store-uri DATABASE_URL --serve-artifacts --host HOST --port PORT`) or correct --tracking-uri"
+        ) from None
+
+
+def _unreachable(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it came from, is a connection that could not be made."""
+    import requests
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (requests.exceptions.ConnectionError, ConnectionError)):
+            return True
+        if "Max retries exceeded" in str(error):  # MLflow's wrapping of urllib3's retry error
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+_MLFLOW_MIGRATION_LOCK = 0x67707432_6D6C66  # fixed: every gpt2-registry process contends on the same key
+
+
+@contextmanager
+def _database_lock(url: str) -> Iterator[None]:
+    """Connect to the tracking database once, quickly; on an empty PostgreSQL database, hold
+    an advisory lock while MLflow creates its tables.
+
+    The connection doubles as a probe: MLflow itself retries a refused connection for
+    about half a minute and then prints a page of traceback. A database that MLflow
+    has set up already (its `alembic_version` is committed last, with the whole schema)
+    needs no lock: MLflow only checks it, and never migrates an existing schema by itself.
+    """
+    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    postgres = url.startswith("postgresql")
+    engine = create_engine(url, poolclass=NullPool, **({"connect_args": {"connect_timeout": 10}} if postgres else {}))
+    try:
+        try:
+            connection = engine.connect()
+        except SQLAlchemyError as error:
+            raise UsageError(connection_problem(url, error, "--tracking-uri")) from None
+        with connection:
+            locked = postgres and not inspect(connection).has_table("alembic_version")
+            if locked:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MLFLOW_MIGRATION_LOCK})
+            connection.commit()
+            try:
+                yield
+            finally:
+                if locked:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MLFLOW_MIGRATION_LOCK})
+                    connection.commit()
+    finally:
+        engine.dispose()
 
 
 def _use_write_ahead_log(database: Path) -> None:

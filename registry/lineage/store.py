@@ -20,12 +20,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, delete, event, func, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from registry.errors import NotFoundError, RegistryError, UsageError
 from registry.lineage.entities import LineageEdge, LineageVariant
-from registry.lineage.models import KINDS, OPERATIONS, Edge, Variant
+from registry.lineage.models import KINDS, OPERATION_NAME, OPERATIONS, Edge, Variant
 
 MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "migrations")
 
@@ -33,8 +33,9 @@ MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "migrations")
 # so that threads sharing one store cannot see each other's mode.
 _WRITE_OPTION = "lineage_write"
 
-# Arbitrary but fixed: every gpt2-registry process must contend on the same key.
+# Arbitrary but fixed: every gpt2-registry process must contend on the same keys.
 _PG_MIGRATION_LOCK = 0x67707432_6C696E
+_PG_WRITE_LOCK = 0x67707432_6C7772
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -61,17 +62,27 @@ class LineageStore:
     """
 
     def __init__(self, url: str) -> None:
+        from registry.home import with_installed_driver
+
         try:
-            parsed = make_url(url)
+            parsed = make_url(with_installed_driver(url))
             self._is_sqlite = parsed.get_backend_name() == "sqlite"
             if self._is_sqlite:
                 _ensure_sqlite_parent_dir(parsed.database)
-            engine = create_engine(parsed)
+                engine = create_engine(parsed)
+            else:
+                # pool_pre_ping: a long-lived store outlives a restart of the database server.
+                engine = create_engine(parsed, pool_pre_ping=True, **_connect_options(parsed))
         except ArgumentError as exc:
             raise UsageError(f"bad lineage database URL {url!r}: {exc}") from exc
+        except ModuleNotFoundError as exc:  # the URL names a driver that is not installed
+            raise UsageError(f"the lineage database URL {url!r} needs the {exc.name} module: pip install it, "
+                             "or for PostgreSQL pip install 'gpt2-registry[postgres]'") from None
         self._display_url = parsed.render_as_string(hide_password=True)
         if self._is_sqlite:
             _configure_sqlite(engine)
+        elif parsed.get_backend_name() == "postgresql":
+            _configure_postgresql(engine)
         self._engine: Engine = engine
         self._read_sessions = sessionmaker(engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(
@@ -114,9 +125,9 @@ class LineageStore:
             yield
         except IntegrityError as exc:
             raise UsageError(f"lineage store rejected the change: {exc.orig}") from exc
-        except OperationalError as exc:
+        except DBAPIError as exc:  # OperationalError; on PostgreSQL also ProgrammingError (a missing table)
             raise RegistryError(
-                f"lineage database {self._display_url} failed: {exc.orig}; "
+                f"lineage database {self._display_url} failed: {_first_line(exc.orig)}; "
                 "check that it exists, is writable and is not held by a stuck process"
             ) from exc
 
@@ -132,7 +143,7 @@ class LineageStore:
         with self._translate_errors():
             # Fast path without the write lock: an up-to-date database is the
             # common case and must not serialize every process that opens it.
-            with self._engine.connect() as conn:
+            with self._first_connection() as conn:
                 current = self._schema_heads(conn, known)
             if current == {head}:
                 return
@@ -148,6 +159,20 @@ class LineageStore:
                     config.attributes["connection"] = conn
                     command.upgrade(config, "head")
                 conn.commit()
+
+    @contextmanager
+    def _first_connection(self) -> Iterator[Connection]:
+        """A connection, or one line saying why a database server refused it."""
+        try:
+            conn = self._engine.connect()
+        except OperationalError as exc:
+            if self._is_sqlite:
+                raise  # a file: _translate_errors names it
+            from registry.home import connection_problem
+
+            raise UsageError(connection_problem(self._display_url, exc, "--lineage-url")) from None
+        with conn:
+            yield conn
 
     def _schema_heads(self, conn: Connection, known: set[str]) -> set[str]:
         current = set(MigrationContext.configure(conn).get_current_heads())
@@ -201,12 +226,8 @@ class LineageStore:
         edges = _edge_fields(parents)
         with self.session_scope(write=True) as session:
             if version is None:
-                # SQLite already serializes on BEGIN IMMEDIATE; Postgres needs a
-                # lock of its own or two writers would both pick the same max.
-                if session.get_bind().dialect.name == "postgresql":
-                    session.execute(
-                        select(func.pg_advisory_xact_lock(func.hashtext(f"gpt2-registry:{name}")))
-                    )
+                # The write transaction holds the store's write lock (see _on_begin), so
+                # no other writer can take the same max between this read and the insert.
                 current = session.scalar(select(func.max(Variant.version)).where(Variant.name == name))
                 version = (current or 0) + 1
             return _insert(session, name, version, fields, edges)
@@ -342,6 +363,31 @@ def _configure_sqlite(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
+def _connect_options(url: Any) -> dict[str, Any]:
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg2", "psycopg"):
+        # Without it a server that drops packets keeps the command waiting for minutes.
+        return {"connect_args": {"connect_timeout": 10}}
+    return {}
+
+
+def _configure_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # PostgreSQL's equivalent of SQLite's BEGIN IMMEDIATE: write transactions take one
+        # lock, held to commit, so a read-then-write (the next version, metric deltas read
+        # from both ends of an edge) cannot be overtaken by another writer. Under READ
+        # COMMITTED alone, two writers would both read the same max(version) or both
+        # merge metrics into the same old value. Lineage writes are few and short.
+        if conn.get_execution_options().get(_WRITE_OPTION):
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})")
+
+
+def _first_line(error: BaseException | None) -> str:
+    # psycopg2's messages run over several lines (a DETAIL, a HINT); the CLI prints one.
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def _switch_to_wal(cursor: Any, timeout: float = 30.0) -> None:
     """Put the database file in WAL mode, waiting out other openers.
 
@@ -445,8 +491,9 @@ def _variant_fields(
 ) -> dict[str, Any]:
     if kind not in KINDS:
         raise UsageError(f"bad kind {kind!r}: use one of {', '.join(KINDS)}")
-    if operation not in OPERATIONS:
-        raise UsageError(f"bad operation {operation!r}: use one of {', '.join(OPERATIONS)}")
+    if not isinstance(operation, str) or not OPERATION_NAME.fullmatch(operation):
+        raise UsageError(f"bad operation {operation!r}: a lowercase name of up to 16 letters, digits, '-' or '_' "
+                         f"(built-in: {', '.join(OPERATIONS)})")
     if not isinstance(content_hash, str) or not _SHA256_HEX.fullmatch(content_hash):
         raise UsageError(f"bad content hash {content_hash!r}: expected 64 lowercase hex digits (sha256)")
     return dict(

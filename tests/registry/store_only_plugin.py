@@ -79,11 +79,14 @@ def install() -> None:
         manager.register(StampPlugin(), name="stamp")
 
 
-def seed_home(home: Path) -> str:
-    """A home holding `base/1`, the parent every stamp is made from."""
+def seed_home(home: Path, **stores) -> str:
+    """A home holding `base/1`, the parent every stamp is made from.
+
+    `stores`: `tracking_uri` and `lineage_url` of shared stores, as for `Registry`.
+    """
     from registry import Registry
 
-    reg = Registry(home).init()
+    reg = Registry(home, **stores).init()
     with reg._staging() as staging:
         preset = write_preset(staging / "preset", b"base weights")
         reg._record(name="base", operation="create", parents=[], staging=staging,
@@ -92,12 +95,12 @@ def seed_home(home: Path) -> str:
     return "base/1"
 
 
-def register_many(home: str, names: list[str], results) -> None:
+def register_many(home: str, names: list[str], stores: dict, results) -> None:
     """Register one stamp per name; report each one's latency and any error text."""
     from registry import Registry
 
     install()
-    reg = Registry(home)
+    reg = Registry(home, **stores)
     latencies, errors = [], []
     for index, name in enumerate(names):
         started = time.perf_counter()
@@ -109,11 +112,11 @@ def register_many(home: str, names: list[str], results) -> None:
     results.put({"latencies": latencies, "errors": errors})
 
 
-def open_new_home(home: str, results) -> None:
+def open_new_home(home: str, stores: dict, results) -> None:
     from registry import Registry
 
     try:
-        reg = Registry(home).init()
+        reg = Registry(home, **stores).init()
         results.put({"experiment": reg.tracker.experiment_id, "error": None})
     except Exception:
         results.put({"experiment": None, "error": traceback.format_exc(limit=6)})
@@ -259,19 +262,19 @@ def register_and_die_at_call(home: str, call: int, tag: str) -> None:
     reg.run("stamp", "base/1", name="crash", tag=tag)
 
 
-def incomplete_variants(home: str | Path) -> list[str]:
+def incomplete_variants(home: str | Path, **stores) -> list[str]:
     """Everything that breaks "a variant is whole or absent", checked without `gpt2reg doctor`.
 
     Whole: a lineage row, an MLflow model version READY for it, its run
     FINISHED, its files hashing to the recorded content hash, and a pyfunc
     model beside them. Absent: none of those, no run folder with files, and no
-    work folder left in the staging area.
+    work folder left in the staging area. `stores` as for `seed_home`.
     """
     from registry import Registry, artifacts
     from registry.artifacts import MODEL_ARTIFACT
 
     home = Path(home)
-    reg = Registry(home)
+    reg = Registry(home, **stores)
     problems = []
     rows = {(row.name, row.version): row for row in reg.lineage_store.list()}
     versions = {(v.name, int(v.version)): v for v in reg.tracker.versions()}

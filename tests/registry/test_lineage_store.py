@@ -1,4 +1,8 @@
-"""Lineage store: round trips, family graphs, atomicity, migrations, concurrency."""
+"""Lineage store: round trips, family graphs, atomicity, migrations, concurrency.
+
+Tests that take a `url` (or a store opened on one) run on a SQLite file and on a
+fresh database of a PostgreSQL server, the two kinds of lineage store a team uses.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
 
 from registry.errors import NotFoundError, RegistryError, UsageError
 from registry.lineage import LineageEdge, LineageStore, LineageVariant
@@ -50,9 +55,19 @@ def db_url(path) -> str:
     return f"sqlite:///{path}"
 
 
-def alembic_versions(path) -> list[str]:
-    with sqlite3.connect(path) as conn:
-        return [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
+def engine_for(url: str):
+    from registry.home import with_installed_driver
+
+    return create_engine(with_installed_driver(url))
+
+
+def alembic_versions(url: str) -> list[str]:
+    engine = engine_for(url)
+    try:
+        with engine.connect() as conn:
+            return [row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))]
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
@@ -60,9 +75,17 @@ def db_path(tmp_path):
     return tmp_path / "lineage.db"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, db_path) -> str:
+    """An empty lineage database: a SQLite file, or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return db_url(db_path)
+    return request.getfixturevalue("postgres_url")  # the server starts only when a PostgreSQL case runs
+
+
 @pytest.fixture
-def store(db_path):
-    with LineageStore(db_url(db_path)) as opened:
+def store(url):
+    with LineageStore(url) as opened:
         yield opened
 
 
@@ -242,7 +265,7 @@ def test_duplicate_version_leaves_store_as_it_was(family):
     "bad",
     [
         dict(kind="lora"),
-        dict(operation="train"),
+        dict(operation="Train now"),  # not a lowercase name: plugin operations like "prune" are welcome
         dict(content_hash="xyz"),
         dict(metrics={"loss": float("nan")}),
         dict(config={"f": object()}),
@@ -267,40 +290,41 @@ def test_add_variant_without_a_version_takes_the_next(store):
     assert store.parents("gpt2-ft", 1)[0].parent_ref == "gpt2/2"
 
 
-def test_migration_runs_on_open_and_not_again(db_path, monkeypatch):
-    LineageStore(db_url(db_path)).close()
+def test_migration_runs_on_open_and_not_again(url, monkeypatch):
+    LineageStore(url).close()
     head = head_revision()
-    assert alembic_versions(db_path) == [head]
+    assert alembic_versions(url) == [head]
 
     upgrades = []
     monkeypatch.setattr(store_module.command, "upgrade", lambda *a, **k: upgrades.append(a))
-    with LineageStore(db_url(db_path)) as reopened:
+    with LineageStore(url) as reopened:
         reopened.add_variant(name="gpt2", version=1, **fields())
     assert upgrades == []
-    assert alembic_versions(db_path) == [head]
+    assert alembic_versions(url) == [head]
 
 
-def test_a_store_made_before_exports_upgrades_and_keeps_its_rows(db_path):
+def test_a_store_made_before_exports_upgrades_and_keeps_its_rows(url):
     config = Config()
     config.set_main_option("script_location", store_module.MIGRATIONS_DIR)
-    engine = create_engine(db_url(db_path))
+    engine = engine_for(url)
     with engine.connect() as conn:  # the schema as the first release made it
         config.attributes["connection"] = conn
         store_module.command.upgrade(config, "0001")
         conn.commit()
+    insert = ("INSERT INTO variants (name, version, kind, operation, config, parameters, size_bytes, "
+              "content_hash, metrics, tags) VALUES (:name, 1, :kind, :kind, '{}', 1, 1, 'h', '{}', '{}')")
+    with pytest.raises(IntegrityError):  # 0001 knew no export kind
+        with engine.begin() as conn:
+            conn.execute(text(insert), {"name": "x", "kind": "export"})
+    with engine.begin() as conn:
+        conn.execute(text(insert.replace(":kind, :kind", "'full', 'create'")), {"name": "base"})
     engine.dispose()
-    with sqlite3.connect(db_path) as conn:
-        with pytest.raises(sqlite3.IntegrityError):  # 0001 knew no export kind
-            conn.execute("INSERT INTO variants (name, version, kind, operation, config, parameters, size_bytes, "
-                         "content_hash, metrics, tags) VALUES ('x', 1, 'export', 'export', '{}', 1, 1, 'h', '{}', '{}')")
-        conn.execute("INSERT INTO variants (name, version, kind, operation, config, parameters, size_bytes, "
-                     "content_hash, metrics, tags) VALUES ('base', 1, 'full', 'create', '{}', 1, 1, 'h', '{}', '{}')")
-    with LineageStore(db_url(db_path)) as upgraded:
+    with LineageStore(url) as upgraded:
         assert [row.ref for row in upgraded.list()] == ["base/1"]
         exported = upgraded.add_variant(name="base-export", version=1, **fields(kind="export", operation="export"),
                                         parents=[("base/1", "parent", {"format": "onnx"}, {})])
         assert exported.kind == "export" and upgraded.parents("base-export", 1)[0].parent_ref == "base/1"
-    assert alembic_versions(db_path) == [head_revision()]
+    assert alembic_versions(url) == [head_revision()]
 
 
 def test_migrated_schema_matches_models(store):
@@ -309,16 +333,18 @@ def test_migrated_schema_matches_models(store):
     assert diff == []
 
 
-def test_newer_database_is_refused(db_path):
-    LineageStore(db_url(db_path)).close()
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE alembic_version SET version_num = '9999_future'")
+def test_newer_database_is_refused(url):
+    LineageStore(url).close()
+    engine = engine_for(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
+    engine.dispose()
     with pytest.raises(RegistryError, match="9999_future is newer than this gpt2-registry; upgrade"):
-        LineageStore(db_url(db_path))
+        LineageStore(url)
 
 
-def test_sqlite_pragmas(store, db_path):
-    with store.session_scope() as session:
+def test_sqlite_pragmas(db_path):
+    with LineageStore(db_url(db_path)) as store, store.session_scope() as session:
         assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert session.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert session.execute(text("PRAGMA busy_timeout")).scalar() == 30000
@@ -384,6 +410,30 @@ def test_bad_url_is_a_usage_error():
         LineageStore("nonsense://")
 
 
+def test_a_database_server_nobody_runs_is_one_line_naming_the_fix():
+    # Port 1: nothing listens there, so the connection is refused at once.
+    with pytest.raises(UsageError) as refused:
+        LineageStore("postgresql://team@127.0.0.1:1/lineage")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "cannot connect to the database postgresql" in message and "127.0.0.1:1/lineage" in message
+    assert "refused" in message and "start the database server, or correct --lineage-url" in message
+
+
+def test_a_database_the_server_lacks_is_one_line_saying_to_create_it(postgres_server):
+    with pytest.raises(UsageError) as missing:
+        LineageStore(postgres_server.url("no_such_database"))
+    message = str(missing.value)
+    assert "\n" not in message
+    assert 'database "no_such_database" does not exist' in message and "createdb" in message
+
+
+def test_a_password_in_the_url_is_not_repeated_in_errors():
+    with pytest.raises(UsageError) as refused:
+        LineageStore("postgresql://team:s3cret@127.0.0.1:1/lineage")
+    assert "s3cret" not in str(refused.value) and "***" in str(refused.value)
+
+
 def test_docstring_example_runs():
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner()
@@ -436,8 +486,7 @@ def _open_store(url, barrier):
         assert store.list() == []
 
 
-def test_concurrent_next_version_loses_no_writes(db_path):
-    url = db_url(db_path)
+def test_concurrent_next_version_loses_no_writes(url):
     LineageStore(url).close()
     barrier = multiprocessing.get_context("spawn").Barrier(4)
     _run_processes(_append_versions, [(url, barrier, 25)] * 4)
@@ -446,7 +495,8 @@ def test_concurrent_next_version_loses_no_writes(db_path):
 
 
 def test_concurrent_first_open(tmp_path):
+    # On PostgreSQL, test_concurrency opens a new registry from eight processes at once.
     url = db_url(tmp_path / "fresh" / "lineage.db")
     barrier = multiprocessing.get_context("spawn").Barrier(4)
     _run_processes(_open_store, [(url, barrier)] * 4)
-    assert alembic_versions(tmp_path / "fresh" / "lineage.db") == [head_revision()]
+    assert alembic_versions(url) == [head_revision()]
