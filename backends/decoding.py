@@ -303,7 +303,10 @@ def decoder_for(lm, xla: bool | None = None, runtime: str = "auto"):
     runtime = resolve_runtime(lm, xla, runtime)
     decoders = getattr(lm, "_gpt2reg_decoders", None)
     if decoders is None:
-        decoders = lm._gpt2reg_decoders = {}
+        # Past Keras' attribute tracking: `lm.x = {}` stores a tracked copy, so the dict filled
+        # below would be lost and every call would build and compile its decoder again.
+        decoders = {}
+        object.__setattr__(lm, "_gpt2reg_decoders", decoders)
     if runtime != "keras":
         if runtime not in decoders:
             from backends.fast_decoding import RuntimeDecoder
