@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from registry import Capability, CapabilityResult, hookimpl
+from registry.capability import sample_generations
 from registry.errors import RunFailed, UsageError
 
 
@@ -185,7 +186,7 @@ class Finetune(Capability):
         preset = context.workdir / "preset"
         self.save(lm, preset)
         return CapabilityResult(preset_dir=preset, metrics=metrics, parent_metrics=parent_metrics,
-                                history=report.history, settings=settings,
+                                history=report.history, settings=settings, tables=sample_generations(lm),
                                 other_parents=self.other_parents(context, extra),
                                 # Kept until the variant is committed, so a failed record can still resume.
                                 discard_after_record=[checkpoints] if checkpoints is not None else [])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from registry import Capability, CapabilityResult, hookimpl
+from registry.capability import sample_generations
 from registry.errors import UsageError
 
 PROBE_TOKENS = [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13]  # "The quick brown fox jumps over the lazy dog."
@@ -36,6 +37,7 @@ class Merge(Capability):
             preset_dir=preset,
             metrics={"merge_max_abs_logit_diff": difference, "parameters": keras_gpt2.parameter_count(merged)},
             settings={"adapter": context.variant.ref, "base": context.variant.parent, **adapted._gpt2reg_lora},
+            tables=sample_generations(merged),
         )
 
 

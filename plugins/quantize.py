@@ -13,6 +13,7 @@ from backends.configs import QUANTIZATION_CALIBRATED as CALIBRATED
 from backends.configs import QUANTIZATION_MODES as MODES
 from plugins.measurements import SPEED_PROMPT, evaluation_documents, keras_figures, speed_prompt
 from registry import Capability, CapabilityResult, hookimpl
+from registry.capability import sample_generations
 from registry.errors import UsageError
 
 
@@ -87,6 +88,7 @@ class Quantize(Capability):
                       "eval_data": list(eval_data or ["embedded held-out text"]), "speed_prompt": SPEED_PROMPT,
                       "new_tokens": new_tokens, "decode_runtime": decode_runtime},
             tags={"quantization": mode},
+            tables=sample_generations(lm),
         )
 
 

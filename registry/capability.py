@@ -69,6 +69,43 @@ class CapabilityResult:
 
 Progress = Callable[..., None]
 
+# The prompts every new variant continues, so that its run shows what it writes beside its figures,
+# and variants of one family can be read side by side: code, prose and a story opening.
+SAMPLE_PROMPTS = ("The meaning of life is", "def fibonacci(n):", "Once upon a time,")
+SAMPLE_NEW_TOKENS = 16
+SAMPLES_TABLE = "samples.json"
+
+
+def sample_generations(lm, prompts: tuple[str, ...] = SAMPLE_PROMPTS,
+                       max_new_tokens: int = SAMPLE_NEW_TOKENS) -> dict[str, list[dict]]:
+    """Greedy continuations of a few fixed prompts by a model in memory, as a table for
+    `CapabilityResult.tables` (the core logs it with the new variant's run).
+
+    Decoded with the Keras runtime without XLA, so that nothing is built or compiled
+    beyond two small functions. Measured on 2 CPU cores: 0.8 to 1.0 s per variant of
+    the `tiny` model (2 to 3 s for the first generation of a process, while TensorFlow
+    warms up), 7 to 8 s for the 124M `gpt2`.
+
+    Example:
+        >>> result = CapabilityResult(preset_dir=preset, tables=sample_generations(lm))
+        >>> result.tables["samples.json"][0]["prompt"]
+        'The meaning of life is'
+    """
+    from backends import generation
+    from backends.tokenizer import encode_batch
+
+    prompt_ids = encode_batch(list(prompts))
+    room = lm.backbone.max_sequence_length - max(len(ids) for ids in prompt_ids)
+    if room < 1:
+        return {}  # a context too short for the prompts: no samples rather than a failed variant
+    outputs = generation.generate(lm, prompt_ids, sampler="greedy", max_new_tokens=min(max_new_tokens, room),
+                                  runtime="keras", xla=False)
+    return {SAMPLES_TABLE: [
+        {"prompt": prompt, "text": output.text, "new_tokens": len(output.token_ids),
+         "finish_reason": output.finish_reason}
+        for prompt, output in zip(prompts, outputs)
+    ]}
+
 
 @dataclass
 class RunContext:

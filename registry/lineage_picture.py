@@ -1,59 +1,130 @@
-"""Draw a lineage graph as a PNG (matplotlib, no display), for the MLflow UI.
+"""Draw a lineage graph as a PNG, for the MLflow UI.
 
-Nodes are laid out by generation (roots on the left); each node shows its
-reference, operation and perplexity, each edge its operation.
+Nodes are laid out by generation (roots on the left, each column centred);
+each node shows its reference, operation and perplexity. An edge names the
+parent's role when it is not plain "parent" (a distillation's teacher and
+student_init). The graph's ``root`` (the variant whose run holds the picture)
+is highlighted. ``omitted_children`` (``{ref: count}``) adds one "+N more"
+node under each variant whose children were left out to keep it readable.
+
+Drawn with Pillow rather than matplotlib: a parent's picture is redrawn each
+time a child is registered, and Pillow draws a busy one (24 children) in a
+third of matplotlib's time (measured on 2 CPU cores: 0.07 s of CPU against
+0.26 s), most of it in PNG compression.
+
+Example:
+    >>> draw({"root": "base/1", "nodes": [{"ref": "base/1", "operation": "create", "metrics": {}}],
+    ...       "edges": []}, Path("lineage.png"))
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+SCALE = 2  # drawn at twice the size, then halved: smooth lines and text without an anti-aliasing renderer
+COLUMN_WIDTH = 240  # pixels per generation
+ROW_HEIGHT = 62  # pixels per node of the tallest column
+MARGIN = 16
+FONT_SIZE = 12
+PADDING = 6  # between a node's text and its box
+COLOURS = {"root": "#ffe8b0", "node": "#e8f0ff", "more": "#eeeeee", "line": "#555555", "border": "#333333"}
 
 
 def draw(graph: dict, destination: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from PIL import Image, ImageDraw, ImageFont
 
     nodes = {node["ref"]: node for node in graph["nodes"]}
-    parents: dict[str, list[str]] = {ref: [] for ref in nodes}
-    for edge in graph["edges"]:
-        parents.setdefault(edge["child"], []).append(edge["parent"])
+    edges = [edge for edge in graph["edges"] if edge["parent"] in nodes and edge["child"] in nodes]
+    more = set()
+    for parent, count in (graph.get("omitted_children") or {}).items():
+        if parent in nodes and count > 0:
+            label = f"+{count} more"
+            nodes[label] = {"ref": label, "operation": "older children", "metrics": {}}
+            edges.append({"parent": parent, "child": label, "operation": "", "role": "parent"})
+            more.add(label)
 
+    columns = _columns(nodes, edges)
+    tallest = max(len(refs) for refs in columns.values())
+    centre = {ref: (MARGIN + (column + 0.5) * COLUMN_WIDTH,
+                    MARGIN + (row + (tallest - len(refs)) / 2 + 0.5) * ROW_HEIGHT)
+              for column, refs in columns.items() for row, ref in enumerate(refs)}
+    width = 2 * MARGIN + len(columns) * COLUMN_WIDTH
+    height = 2 * MARGIN + tallest * ROW_HEIGHT
+
+    image = Image.new("RGB", (width * SCALE, height * SCALE), "white")
+    pen = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=FONT_SIZE * SCALE)
+    small = ImageFont.load_default(size=(FONT_SIZE - 2) * SCALE)
+    labels, boxes = {}, {}
+    for ref, (x, y) in centre.items():
+        node = nodes[ref]
+        labels[ref] = f"{ref}\n{node['operation']}"
+        if "perplexity" in node.get("metrics", {}):
+            labels[ref] += f"\nppl {node['metrics']['perplexity']:,.1f}"
+        left, top, right, bottom = pen.multiline_textbbox((x * SCALE, y * SCALE), labels[ref], font=font, anchor="mm",
+                                                          align="center")
+        boxes[ref] = (left - PADDING * SCALE, top - PADDING * SCALE, right + PADDING * SCALE, bottom + PADDING * SCALE)
+    # Arrows first and boxes over them: an arrow that skips a generation passes behind the boxes between.
+    for edge in edges:
+        parent_box, child_box = boxes[edge["parent"]], boxes[edge["child"]]
+        start = (parent_box[2], (parent_box[1] + parent_box[3]) / 2)
+        end = (child_box[0], (child_box[1] + child_box[3]) / 2)
+        _arrow(pen, start, end, dashed=edge["child"] in more)
+        if edge.get("role", "parent") != "parent":  # a child's box names its operation; roles tell parents apart
+            # Near the child, where arrows into one node are still apart and clear of other boxes.
+            at = (end[0] - 0.3 * (end[0] - start[0]), end[1] - 0.3 * (end[1] - start[1]) - 3 * SCALE)
+            pen.text(at, edge["role"], font=small, fill=COLOURS["line"], anchor="md")
+    for ref, (x, y) in centre.items():
+        fill = COLOURS["root"] if ref == graph.get("root") else COLOURS["more" if ref in more else "node"]
+        pen.rounded_rectangle(boxes[ref], radius=4 * SCALE, fill=fill, outline=COLOURS["border"], width=SCALE)
+        pen.multiline_text((x * SCALE, y * SCALE), labels[ref], font=font, fill="black", anchor="mm", align="center")
+    image.reduce(SCALE).save(destination, format="PNG", compress_level=1)  # faster; the file stays small
+    return destination
+
+
+def _columns(nodes: dict, edges: list[dict]) -> dict[int, list[str]]:
+    """Refs by column: a node sits one column right of its latest parent."""
+    parents: dict[str, list[str]] = {ref: [] for ref in nodes}
+    for edge in edges:
+        parents[edge["child"]].append(edge["parent"])
     depth: dict[str, int] = {}
 
     def generation(ref: str, seen=()) -> int:
         if ref not in depth:
-            known = [p for p in parents.get(ref, []) if p in nodes and p not in seen]
+            known = [p for p in parents[ref] if p not in seen]
             depth[ref] = 1 + max((generation(p, seen + (ref,)) for p in known), default=-1)
         return depth[ref]
 
+    for ref in nodes:
+        generation(ref)
+    # A second root (a distilled student's initialisation) sits just left of its child, not in the
+    # first column, so that its arrow does not cross the generations between.
+    children: dict[str, list[str]] = {}
+    for edge in edges:
+        children.setdefault(edge["parent"], []).append(edge["child"])
+    for ref in nodes:
+        if not parents[ref] and ref in children:
+            depth[ref] = max(depth[ref], min(depth[child] for child in children[ref]) - 1)
     columns: dict[int, list[str]] = {}
     for ref in nodes:
-        columns.setdefault(generation(ref), []).append(ref)
-    position = {ref: (column, -row) for column, refs in columns.items() for row, ref in enumerate(refs)}
+        columns.setdefault(depth[ref], []).append(ref)
+    return dict(sorted(columns.items()))
 
-    width = max(4.0, 3.2 * len(columns))
-    height = max(2.0, 1.3 * max(len(refs) for refs in columns.values()))
-    figure, axes = plt.subplots(figsize=(width, height), dpi=100)
-    for edge in graph["edges"]:
-        if edge["parent"] in position and edge["child"] in position:
-            (x0, y0), (x1, y1) = position[edge["parent"]], position[edge["child"]]
-            axes.annotate("", xy=(x1 - 0.32, y1), xytext=(x0 + 0.32, y0),
-                          arrowprops={"arrowstyle": "->", "color": "#555555"})
-            axes.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.08, edge["operation"], ha="center", fontsize=8, color="#555555")
-    root = graph.get("root")
-    for ref, (x, y) in position.items():
-        node = nodes[ref]
-        label = f"{ref}\n{node['operation']}"
-        if "perplexity" in node["metrics"]:
-            label += f"\nppl {node['metrics']['perplexity']:,.1f}"
-        axes.text(x, y, label, ha="center", va="center", fontsize=8,
-                  bbox={"boxstyle": "round", "facecolor": "#ffe8b0" if ref == root else "#e8f0ff", "edgecolor": "#333333"})
-    axes.set_xlim(-0.6, max(columns) + 0.6)
-    axes.set_ylim(-max(len(refs) for refs in columns.values()) + 0.4, 0.6)
-    axes.axis("off")
-    figure.tight_layout()
-    figure.savefig(destination)
-    plt.close(figure)
-    return destination
+
+def _arrow(pen, start: tuple[float, float], end: tuple[float, float], *, dashed: bool) -> None:
+    (x0, y0), (x1, y1) = start, end
+    length = math.hypot(x1 - x0, y1 - y0) or 1.0
+    ux, uy = (x1 - x0) / length, (y1 - y0) / length
+    if dashed:
+        dash = 6 * SCALE
+        for offset in range(0, int(length), 2 * dash):
+            stop = min(offset + dash, length)
+            pen.line((x0 + ux * offset, y0 + uy * offset, x0 + ux * stop, y0 + uy * stop), fill=COLOURS["line"],
+                     width=SCALE)
+    else:
+        pen.line((x0, y0, x1, y1), fill=COLOURS["line"], width=SCALE)
+    head, spread = 8 * SCALE, 4 * SCALE
+    base = (x1 - ux * head, y1 - uy * head)
+    pen.polygon([(x1, y1), (base[0] - uy * spread, base[1] + ux * spread), (base[0] + uy * spread, base[1] - ux * spread)],
+                fill=COLOURS["line"])

@@ -6,15 +6,24 @@ version is registered, the run is finished, and last the lineage row is
 committed. The lineage row is the commit point: a variant without one is
 half-made, and on any failure before it the recorder removes what it made
 (`gpt2reg doctor --repair` removes what a killed process left behind).
+
+After the commit the recorder redraws each parent's lineage picture so that
+the parent's run shows its new child. That step can only leave a picture
+stale, never a variant damaged: it replaces files by renames and turns its
+own errors into a warning (see `Recorder._refresh_lineage_picture`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from registry import artifacts, serving
 from registry.capability import CapabilityResult
@@ -24,6 +33,9 @@ if TYPE_CHECKING:
     from registry.sdk import Registry, Variant
 
 from registry.artifacts import MANIFEST, MODEL_ARTIFACT, weights_path
+
+CHILDREN_DRAWN = 24  # a parent's picture shows its newest children; the others become one "+N more" node
+log = logging.getLogger(__name__)
 
 
 def read_backbone_config(preset_dir: Path) -> dict:
@@ -105,6 +117,8 @@ class Recorder:
             tracker.log_metrics(run_id, metrics, result.history)
             tracker.log_artifacts(run_id, model_dir, artifact_path)
             tracker.log_artifact(run_id, preset_dir / MANIFEST)
+            for artifact_file, rows in result.tables.items():  # sample generations, shown as tables in the UI
+                tracker.log_table(run_id, rows, artifact_file)
             model_version = tracker.register(
                 name,
                 source=f"{run.info.artifact_uri}/{artifact_path}",
@@ -147,6 +161,10 @@ class Recorder:
                 tracker.delete_version(name, version)
             tracker.delete_run(run_id)
             raise
+        # The variant is committed: what follows only redraws its parents' pictures and never undoes it.
+        committed_at = _now()
+        for parent in {p.ref: p for p, _ in parents}.values():
+            self._refresh_lineage_picture(parent, staging, committed_at)
         return self.registry._variant(row)
 
 
@@ -183,25 +201,118 @@ class Recorder:
     def _lineage_files(self, new_ref, operation, parents, metrics, staging: Path) -> Path:
         """The new variant's ancestry, as lineage.json and lineage.png.
 
-        Ancestors only: a new variant has no children yet, and its siblings would
-        make every registration under a busy parent draw (and cost) more.
+        Ancestors only: a new variant has no children yet. Its siblings are left out,
+        or every registration under a busy parent would draw (and cost) more.
         """
-        from registry import lineage_picture
-
-        nodes: dict[str, dict] = {}
-        edges: list[dict] = []
-        for parent, _ in parents:
-            family = self.registry.lineage(parent, descendants=False)
-            nodes.update({node["ref"]: node for node in family["nodes"]})
-            edges.extend(e for e in family["edges"] if e not in edges)
+        read_at = _now()  # before reading: see `_refresh_lineage_picture`
+        nodes, edges = self._ancestry([p for p, _ in parents])
         nodes[new_ref] = {"ref": new_ref, "operation": operation, "metrics": metrics}
         edges.extend({"parent": p.ref, "child": new_ref, "operation": operation, "role": role} for p, role in parents)
-        graph = {"root": new_ref, "nodes": list(nodes.values()), "edges": edges}
-        folder = staging / "lineage"
-        folder.mkdir(exist_ok=True)
-        (folder / "lineage.json").write_text(json.dumps(graph, indent=2, default=str), encoding="utf-8")
-        lineage_picture.draw(graph, folder / "lineage.png")
-        return folder
+        graph = {"root": new_ref, "nodes": list(nodes.values()), "edges": edges, "lineage_read_at": read_at}
+        return _draw(graph, staging / "lineage")
+
+    def _ancestry(self, variants: list["Variant"]) -> tuple[dict[str, dict], list[dict]]:
+        """The variants and all their ancestors as picture nodes (by ref), and the edges among them."""
+        nodes: dict[str, dict] = {}
+        edges: list[dict] = []
+        for variant in variants:
+            family = self.registry.lineage(variant, descendants=False)
+            nodes.update({node["ref"]: node for node in family["nodes"]})
+            edges.extend(e for e in family["edges"] if e not in edges)
+        return nodes, edges
+
+    def _refresh_lineage_picture(self, parent: "Variant", staging: Path, committed_at: str) -> None:
+        """Redraw `parent`'s lineage picture with its ancestors and newest children, so that a
+        parent's run shows what was made from it, the child committed at `committed_at` included.
+
+        This runs after the commit point, so it never fails the registration: an error is a
+        warning and leaves the old picture. The files are replaced by renames, so a killed
+        process leaves the old picture or the new one, and at most a work folder in staging
+        (`gpt2reg doctor` removes it).
+
+        Where the artifacts are files of this machine, one process at a time redraws a given
+        parent (a lock on its lineage folder), and each picture records when its reading of
+        the lineage began. A child committed before that is in the picture already: of many
+        children registered at once, the first to get the lock draws them all and the others
+        find their parent drawn with them.
+        """
+        from registry.tracking import local_path
+
+        try:
+            folder = local_path(parent.artifact_uri or "")
+            if folder is None:  # the artifacts live on a tracking server: log the files again
+                drawn = self._draw_family(parent, Path(tempfile.mkdtemp(dir=staging)), _now())
+                self.registry.tracker.log_artifacts(parent.run_id, drawn, "lineage")
+                return
+            target = (folder / "lineage").resolve()
+            if not target.is_relative_to(self.registry.home.artifact_root.resolve()):
+                return  # never write outside the home's artifact store
+            target.mkdir(parents=True, exist_ok=True)
+            with _locked(target):
+                if _read_at(target) >= committed_at:
+                    return  # drawn from a reading that began after this child's commit
+                drawn = self._draw_family(parent, Path(tempfile.mkdtemp(dir=staging)), _now())
+                for name in ("lineage.png", "lineage.json"):  # the JSON last: it holds the reading's time
+                    os.replace(drawn / name, target / name)
+        except Exception as error:  # the variant is committed; a stale picture is no reason to fail
+            log.warning("warning: the lineage picture of %s was not redrawn (%s); the new variant is registered",
+                        parent.ref, error)
+
+    def _draw_family(self, parent: "Variant", folder: Path, read_at: str) -> Path:
+        """`parent`'s ancestors and its newest CHILDREN_DRAWN children, drawn in `folder`."""
+        from registry.lineage.store import parse_ref
+
+        nodes, edges = self._ancestry([parent])
+        store = self.registry.lineage_store
+        children = store.children(parent.name, parent.version)  # oldest first
+        drawn = children[-CHILDREN_DRAWN:]
+        for edge in drawn:
+            row = store.get(*parse_ref(edge.child_ref))
+            if row is None:
+                continue
+            nodes[row.ref] = {"ref": row.ref, "name": row.name, "version": row.version, "kind": row.kind,
+                              "operation": row.operation, "parameters": row.parameters, "size_bytes": row.size_bytes,
+                              "content_hash": row.content_hash, "metrics": dict(row.metrics)}
+            edges.append({"parent": edge.parent_ref, "child": edge.child_ref, "operation": edge.operation,
+                          "role": edge.role, "settings": edge.settings, "metric_deltas": edge.metric_deltas})
+        graph = {"root": parent.ref, "nodes": list(nodes.values()), "edges": edges, "lineage_read_at": read_at,
+                 "children": len(children), "omitted_children": {parent.ref: len(children) - len(drawn)}}
+        return _draw(graph, folder)
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive `flock` on a folder, released when the block ends or the process dies."""
+    import fcntl
+
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+def _now() -> str:
+    # Fixed width (always microseconds, always UTC), so that two readings compare as text too.
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _read_at(folder: Path) -> str:
+    """When the lineage drawn in `folder` was read ("" when there is none, or it cannot be read)."""
+    try:
+        return str(json.loads((folder / "lineage.json").read_text(encoding="utf-8")).get("lineage_read_at", ""))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return ""
+
+
+def _draw(graph: dict, folder: Path) -> Path:
+    from registry import lineage_picture
+
+    folder.mkdir(exist_ok=True)
+    (folder / "lineage.json").write_text(json.dumps(graph, indent=2, default=str), encoding="utf-8")
+    lineage_picture.draw(graph, folder / "lineage.png")
+    return folder
 
 
 def _description(operation: str, parents: list, metrics: dict[str, float]) -> str:

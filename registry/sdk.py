@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from registry import references
-from registry.capability import CapabilityResult, RunContext
+from registry.capability import CapabilityResult, RunContext, sample_generations
 from registry.errors import NotFoundError, RegistryError, UsageError
 from registry.home import Home
 from registry.lineage import LineageVariant
@@ -124,7 +125,7 @@ class Registry:
         if self._lineage is None:
             from registry.lineage import LineageStore
 
-            self._require_home()
+            self._require_home(self.home.lineage_url.startswith("sqlite:"))
             self._lineage = LineageStore(self.home.lineage_url)
         return self._lineage
 
@@ -133,7 +134,7 @@ class Registry:
         if self._tracker is None:
             from registry.tracking import Tracker
 
-            self._require_home()
+            self._require_home(self.home.is_local)
             self._tracker = Tracker(self.home)
         return self._tracker
 
@@ -144,9 +145,10 @@ class Registry:
         self.tracker.experiment_id  # noqa: B018 - creates the experiment and MLflow's tables
         return self
 
-    def _require_home(self) -> None:
-        # Reading never creates a store: only init() (and commands that make variants) do.
-        if self.home.is_local and not self.home.path.is_dir():
+    def _require_home(self, store_is_a_file: bool) -> None:
+        # Reading never creates a store file: only init() (and commands that make variants) do.
+        # A database server's store is there or not whatever this machine holds.
+        if store_is_a_file and not self.home.path.is_dir():
             raise UsageError(f"no registry at {self.home.path}; run `gpt2reg init` (or pass --home)")
 
     def close(self) -> None:
@@ -231,8 +233,8 @@ class Registry:
                                      "is not a sha256 digest; run `gpt2reg doctor`")
                 cache = self.home.path / "cache" / variant.content_hash
                 path = cache / Path(inside).name
-                if not path.exists():
-                    self.tracker.download(f"{variant.artifact_uri}/{inside}", cache)
+                if not (path / MANIFEST).is_file():
+                    self._download(variant, inside, cache)
             present = (path / MANIFEST).is_file()
         except (OSError, RuntimeError, ValueError) as error:  # RuntimeError: a loop of symbolic links
             raise UsageError(f"the files of {variant.ref} are recorded at {shown(variant.artifact_uri)}, which "
@@ -240,6 +242,40 @@ class Registry:
         if not present:
             raise RegistryError(f"the files of {variant.ref} are missing from {path}; run `gpt2reg doctor`")
         return path
+
+    def _download(self, variant: Variant, inside: str, cache: Path) -> None:
+        """Fetch the variant's files into `cache`, whole and matching their hash, or not at all.
+
+        The files land in a work folder first and get the cache's name in one rename once
+        their hash is checked, so an interrupted download is never mistaken for the variant
+        (which `gpt2reg doctor` would then report as damaged in the shared store).
+        """
+        from registry import artifacts
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{cache.name[:12]}-download-", dir=cache.parent))
+        try:
+            fetched = self.tracker.download(f"{variant.artifact_uri}/{inside}", work)
+            if not (fetched / artifacts.MANIFEST).is_file():
+                raise RegistryError(f"the files of {variant.ref} are missing from the tracking server "
+                                    f"({variant.artifact_uri}/{inside}); run `gpt2reg doctor`")
+            if artifacts.content_hash(fetched) != variant.content_hash:
+                raise RegistryError(f"the files of {variant.ref} on the tracking server do not match their recorded "
+                                    "hash (damaged files); run `gpt2reg doctor`")
+            if fetched != work / Path(inside).name:
+                fetched.rename(work / Path(inside).name)
+            finished = cache / Path(inside).name / artifacts.MANIFEST
+            if finished.is_file():
+                return  # another process finished the same download first; it may be reading it
+            if cache.exists():
+                shutil.rmtree(cache)  # files left without their manifest by an unchecked copy
+            try:
+                os.rename(work, cache)
+            except OSError:
+                if not finished.is_file():
+                    raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def load(self, variant: "str | Variant", *, base: "str | Variant | None" = None, dtype: str | None = None):
         """The variant as a KerasHub `GPT2CausalLM`; an adapter is loaded onto its base.
@@ -444,6 +480,7 @@ class Registry:
                 preset_dir=preset,
                 metrics={"parameters": keras_gpt2.parameter_count(lm)},
                 settings={"config": config, "seed": seed},
+                tables=sample_generations(lm),
             )
             return self._record(name=name, operation="create", parents=[], result=result, staging=staging)
 
@@ -464,7 +501,8 @@ class Registry:
             parents, provenance = self._provenance(source)
             with self._staging() as staging:
                 shutil.move(str(preset), staging / "preset")
-                result = CapabilityResult(preset_dir=staging / "preset", settings={**description, **provenance})
+                result = CapabilityResult(preset_dir=staging / "preset", settings={**description, **provenance},
+                                          tables=sample_generations(keras_gpt2.load(staging / "preset")))
                 return self._record(name=name, operation="import", parents=parents, result=result, staging=staging)
 
     def run(self, capability: str, variant: "str | Variant | None" = None, *, name: str | None = None,
