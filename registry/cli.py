@@ -680,14 +680,18 @@ def evaluate(ref, log, device, data, **options):
 
 @cli.command()
 @click.option("--steps", type=int, default=None, help="Fine-tuning steps (default: sized to finish in a few minutes).")
+@click.option("--heldout-tokens", type=int, default=None,
+              help="Keep about this many tokens of held-out text (whole documents; default: all, about 8,000); "
+                   "every variant is scored on it, so fewer is faster.")
 @click.option("--name", default="quickstart", show_default=True)
 @common
-def quickstart(steps, name):
+def quickstart(steps, heldout_tokens, name):
     """The whole pipeline on the embedded default: create, fine-tune, LoRA, merge, quantize, distill, evaluate."""
     from registry.quickstart import run_quickstart
 
     reg = open_registry(progress=True)
-    summary = run_quickstart(reg, name=name, steps=steps, say=None if as_json() else click.echo)
+    summary = run_quickstart(reg, name=name, steps=steps, heldout_tokens=heldout_tokens,
+                             say=None if as_json() else click.echo)
     if as_json():
         emit(summary)
 
@@ -722,19 +726,33 @@ def plugins():
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server processes (MLflow's own default, 4, is for a shared server).")
 @common
-def ui(host, port):
-    """Start the MLflow UI on the home's stores."""
+def ui(host, port, workers):
+    """Start the MLflow UI on the home's stores (with --tracking-uri http://..., print the server's own)."""
     import subprocess
 
     reg = open_registry()
+    if reg.home.tracking_server:
+        from registry.tracking import check_server_answers
+
+        # The tracking server is the UI already, for every team member: nothing to start.
+        check_server_answers(reg.home.tracking_uri)
+        url = reg.home.tracking_uri
+        emit({"url": url, "started": False},
+             lambda: click.echo(f"MLflow UI: {url} (served by the tracking server itself; open it in a browser)"))
+        return
     reg.init()
     command = [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", reg.home.tracking_uri,
         "--default-artifact-root", reg.home.artifact_root.as_uri(), "--host", host, "--port", str(port),
+        "--workers", str(workers),
     ]
+    # MLflow's GenAI job runners (four more processes) serve nothing the registry records.
+    environment = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     click.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)", err=True)
-    sys.exit(subprocess.call(command))
+    sys.exit(subprocess.call(command, env=environment))
 
 
 @cli.command()

@@ -22,7 +22,9 @@ FIXTURE = REPO.parent / "shared" / "fixtures" / "hf-gpt2-tiny"
 
 # The longest files start first, so the two test workers finish together rather than one
 # starting the quickstart when everything else is done.
-LONGEST_FIRST = ("test_quickstart.py", "test_distill.py", "test_quantize.py", "test_export.py")
+LONGEST_FIRST = ("test_quickstart.py", "test_concurrency.py", "test_distill.py", "test_quantize.py",
+                 "test_serving.py", "test_export.py", "test_ui_browser.py", "test_team_stores.py",
+                 "test_prune_plugin.py", "test_crashes.py")
 
 
 def pytest_collection_modifyitems(items):
