@@ -681,7 +681,7 @@ def evaluate(ref, log, device, data, **options):
 @cli.command()
 @click.option("--steps", type=int, default=None, help="Fine-tuning steps (default: sized to finish in a few minutes).")
 @click.option("--heldout-tokens", type=int, default=None,
-              help="Keep about this many tokens of held-out text (whole documents; default: all, about 8,000); "
+              help="Keep about this many tokens of held-out text (whole documents; default: all, about 9,800); "
                    "every variant is scored on it, so fewer is faster.")
 @click.option("--name", default="quickstart", show_default=True)
 @common
