@@ -2,15 +2,21 @@
 
 Two views of the same 50,257-token vocabulary:
 
-- `fast_encoding()`: a tiktoken `Encoding`, for bulk work (datasets, scoring,
-  the `tokenize` command). It does not import TensorFlow.
+- `encode` / `encode_batch`: the ids every text a user gives becomes (prompts,
+  training and evaluation data, task files, served requests, the `tokenize`
+  command), through a tiktoken `Encoding` (`fast_encoding()`); no TensorFlow.
+  They equal Hugging Face transformers' GPT-2 tokenizer on every text:
+  `<|endoftext|>` written in the text is the end-of-text token (50256), as
+  `GPT2TokenizerFast` gives it. `GPT2REG_SPECIAL_TOKENS=text` makes such
+  strings plain text instead (see `special_tokens_rule`).
 - `keras_tokenizer()`: a KerasHub `GPT2Tokenizer`, for presets saved with a
-  model. Its ids equal tiktoken's (checked in tests/backends).
+  model. It splits runs of whitespace differently, so no command or
+  capability tokenizes text with it.
 
 Example:
-    >>> from backends.tokenizer import fast_encoding
-    >>> fast_encoding().encode("Hello world")
-    [15496, 995]
+    >>> from backends.tokenizer import encode
+    >>> encode("Hello world<|endoftext|>")
+    [15496, 995, 50256]
 """
 
 from __future__ import annotations
@@ -18,11 +24,19 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import json
+import os
 from pathlib import Path
 
 from backends.configs import END_OF_TEXT_ID
+from registry.errors import UsageError
 
 END_OF_TEXT = "<|endoftext|>"
+SPECIAL_TOKEN_STRINGS = (END_OF_TEXT,)
+
+SPECIAL_TOKENS_VARIABLE = "GPT2REG_SPECIAL_TOKENS"
+SPECIAL = "special"  # the default: special-token text is the special token, as in transformers
+TEXT = "text"  # special-token text is plain text, as tiktoken's encode_ordinary reads it
+SPECIAL_TOKEN_RULES = (SPECIAL, TEXT)
 
 # The pre-tokenization pattern of OpenAI's GPT-2 (the same one tiktoken's own
 # "gpt2" encoding uses); the ranks come from the package's files, not a download.
@@ -54,13 +68,49 @@ def fast_encoding():
     )
 
 
+def special_tokens_rule() -> str:
+    """How text that spells a special token is read: "special" (the default) or "text".
+
+    Read from the environment on every call rather than once, so the CLI, the
+    SDK, training data, task files and a served model (its server's
+    environment) all follow the same setting without passing it around.
+    """
+    value = os.environ.get(SPECIAL_TOKENS_VARIABLE, "")
+    if value == "":
+        return SPECIAL
+    if value not in SPECIAL_TOKEN_RULES:
+        from registry.references import shown
+
+        raise UsageError(f"{SPECIAL_TOKENS_VARIABLE}={shown(value)} is not a known setting; set it to "
+                         f"{SPECIAL!r} (<|endoftext|> in a text is the end-of-text token, as in transformers) "
+                         f"or {TEXT!r} (it is plain text), or unset it")
+    return value
+
+
 def encode(text: str) -> list[int]:
-    """Ids of `text`; `<|endoftext|>` written in the text stays plain text."""
-    return fast_encoding().encode_ordinary(text)
+    """Ids of `text`, equal to transformers' GPT-2 tokenizer (see `special_tokens_rule`)."""
+    if special_tokens_rule() == TEXT:
+        return fast_encoding().encode_ordinary(text)
+    # allowed_special="all" also lifts tiktoken's default refusal of special-token text.
+    return fast_encoding().encode(text, allowed_special="all")
 
 
 def encode_batch(texts: list[str]) -> list[list[int]]:
-    return fast_encoding().encode_ordinary_batch(texts)
+    if special_tokens_rule() == TEXT:
+        return fast_encoding().encode_ordinary_batch(list(texts))
+    return fast_encoding().encode_batch(list(texts), allowed_special="all")
+
+
+def rule_digest(texts) -> bytes:
+    """What a digest of `texts` must add so that data tokenized under one rule is never
+    taken for the same data under the other.
+
+    The two rules give different ids only where a text spells a special token;
+    elsewhere nothing is added, so a digest stays what it was for the same ids.
+    """
+    if any(special in text for text in texts for special in SPECIAL_TOKEN_STRINGS):
+        return f"\0special_tokens={special_tokens_rule()}".encode()
+    return b""
 
 
 def decode(token_ids: list[int]) -> str:

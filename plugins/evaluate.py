@@ -70,8 +70,11 @@ class Evaluate(Capability):
 
     def run(self, context, *, data, stride, batch_size, text_field, task, task_name, shots, train, template, seed,
             max_new_tokens, stop, limit):
+        from backends.tokenizer import special_tokens_rule
+
         context_length = context.variant.config.get("max_sequence_length", 1024)
         # Everything that can be refused is read and checked before the model loads.
+        special_tokens = special_tokens_rule()
         documents = texts = None
         if data:
             from registry.data import read_texts, tokenize_documents
@@ -90,7 +93,8 @@ class Evaluate(Capability):
 
         metrics: dict[str, float] = {}
         output: dict = {}
-        settings: dict = {}
+        # Recorded so two evaluations of the same files under different rules are told apart.
+        settings: dict = {"special_tokens": special_tokens}
         tables: dict = {}
         with context.strategy().scope():
             lm = context.load_model()
@@ -253,7 +257,12 @@ def _task_requests(path, task_name, shots, train, template_path, seed, limit, ma
             f"{context_length} tokens (as few as {min(f.shots_used for f in dropped)})"
         )
     prefix = task.name + (f".{shots}shot" if shots else "")
-    digest = hashlib.sha256(json.dumps([e.fields for e in task.examples], sort_keys=True).encode()).hexdigest()[:16]
+    from backends.tokenizer import rule_digest
+
+    digest = hashlib.sha256(json.dumps([e.fields for e in task.examples], sort_keys=True).encode())
+    # Over the prompts as built too: a template or a shot may spell a special token.
+    digest.update(rule_digest([*texts, *(json.dumps(e.fields) for e in task.examples)]))
+    digest = digest.hexdigest()[:16]
     return _TaskRequests(task, texts, fitted, prefix, warnings, digest, max_new_tokens)
 
 

@@ -111,10 +111,12 @@ class Finetune(Capability):
         seq_len = seq_len or min(context_length, 128)
         if seq_len > context_length:
             raise UsageError(f"--seq-len {seq_len} is longer than the model's context of {context_length}")
-        blocks = pack_blocks(tokenize_documents(read_texts(data, text_field=text_field)), seq_len + 1, END_OF_TEXT_ID)
-        if val_data:
+        texts = read_texts(data, text_field=text_field)
+        blocks = pack_blocks(tokenize_documents(texts), seq_len + 1, END_OF_TEXT_ID)
+        val_texts = read_texts(val_data, text_field=text_field) if val_data else None
+        if val_texts is not None:
             # Whole documents, scored as `evaluate` scores them, so the figures compare.
-            validation = tokenize_documents(read_texts(val_data, text_field=text_field))
+            validation = tokenize_documents(val_texts)
         elif val_split > 0 and len(blocks) >= 2:
             held_out = max(1, int(round(len(blocks) * val_split)))
             blocks, validation = blocks[:-held_out], [list(b) for b in blocks[-held_out:]]
@@ -134,7 +136,13 @@ class Finetune(Capability):
             "patience": patience, "xla": xla, "train_blocks": int(len(blocks)),
             "validation": "val_data" if val_data else ("split" if validation else "none"), **extra,
         }
-        fingerprint = _fingerprint(self.name, context.variant.content_hash, settings, blocks)
+        from backends.tokenizer import rule_digest, special_tokens_rule
+
+        # A checkpoint resumes only under the rule it was trained with, where the rule changes the ids
+        # (text that spells a special token); elsewhere earlier checkpoints still resume.
+        fingerprint = _fingerprint(self.name, context.variant.content_hash, settings, blocks,
+                                   rule_digest(texts.documents + (val_texts.documents if val_texts else [])))
+        settings["special_tokens"] = special_tokens_rule()  # so runs on the same files under two rules differ
         checkpoints = context.checkpoints / fingerprint if context.checkpoints and checkpoint_every else None
         if resume and checkpoints is None:
             raise UsageError("--resume needs checkpoints; leave --checkpoint-every above 0")
@@ -192,11 +200,12 @@ class Finetune(Capability):
                                 discard_after_record=[checkpoints] if checkpoints is not None else [])
 
 
-def _fingerprint(operation: str, parent_hash: str, settings: dict, blocks) -> str:
+def _fingerprint(operation: str, parent_hash: str, settings: dict, blocks, tokenization: bytes = b"") -> str:
     """What must match for --resume to continue a checkpoint: parent weights, data and options."""
     digest = hashlib.sha256()
     digest.update(json.dumps([operation, parent_hash, settings], sort_keys=True, default=str).encode())
     digest.update(blocks.tobytes())
+    digest.update(tokenization)
     return digest.hexdigest()[:20]
 
 

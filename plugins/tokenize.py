@@ -1,4 +1,9 @@
-"""`tokenize`: GPT-2 BPE ids and pieces of a text (tiktoken; no model needed)."""
+"""`tokenize`: GPT-2 BPE ids and pieces of a text (tiktoken; no model needed).
+
+The ids are the ones every other command gives the model for the same text
+(`backends.tokenizer.encode`): `<|endoftext|>` in the text is token 50256, as
+in transformers, unless GPT2REG_SPECIAL_TOKENS=text makes it plain text.
+"""
 
 from __future__ import annotations
 
@@ -36,12 +41,14 @@ class Tokenize(Capability):
             self.token_ids = [int(i) for i in ids]
 
     def run(self, context, *, text, token_ids):
-        from backends.tokenizer import decode, encode, pieces
+        from backends.tokenizer import decode, encode, pieces, special_tokens_rule
 
         if token_ids is not None:
             return CapabilityResult(output={"text": decode(token_ids), "token_ids": list(token_ids), "pieces": pieces(token_ids)})
         ids = encode(text)
-        return CapabilityResult(output={"text": text, "token_ids": ids, "pieces": pieces(ids)})
+        # The rule in force, so ids that differ between two shells can be told apart.
+        return CapabilityResult(output={"text": text, "token_ids": ids, "pieces": pieces(ids),
+                                        "special_tokens": special_tokens_rule()})
 
 
 @hookimpl

@@ -194,10 +194,13 @@ class TextData:
 
     @property
     def digest(self) -> str:
-        """A short fingerprint of the texts, recorded beside metrics measured on them."""
+        """A short fingerprint of the texts as the model reads them, recorded beside metrics measured on them."""
+        from backends.tokenizer import rule_digest
+
         digest = hashlib.sha256()
         for document in self.documents:
             digest.update(document.encode("utf-8") + b"\0")
+        digest.update(rule_digest(self.documents))
         return digest.hexdigest()[:16]
 
 
@@ -256,6 +259,7 @@ def _read_file(file: Path, text_field: str) -> list[str]:
 
 
 def tokenize_documents(data: TextData) -> list[list[int]]:
+    """Each document's ids, under the one rule every text a user gives follows (`backends.tokenizer`)."""
     from backends.tokenizer import encode_batch
 
     return encode_batch(data.documents)

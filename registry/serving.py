@@ -43,20 +43,32 @@ class _GPT2PyFunc:
     Bad input (an unknown sampler, a prompt too long for the model's context) is
     refused with MLflow's INVALID_PARAMETER_VALUE, which the scoring server
     answers with HTTP 400 and the one-line reason.
+
+    Prompts are tokenized as `gpt2reg generate` tokenizes them: `<|endoftext|>`
+    in a prompt is the end-of-text token, unless the server runs with
+    GPT2REG_SPECIAL_TOKENS=text, so that callers cannot write a document boundary.
     """
 
     def load_context(self, context):
         from backends import keras_gpt2
+        from backends.tokenizer import special_tokens_rule
 
+        # Prompts follow the server's GPT2REG_SPECIAL_TOKENS, as the CLI does; a bad value stops
+        # the model from loading rather than failing every request.
+        special_tokens_rule()
         self.lm = keras_gpt2.load(context.artifacts[PRESET_ARTIFACT])
 
     def predict(self, context, model_input, params=None):
         from backends import generation
         from backends.tokenizer import encode_batch
+        from registry.errors import UsageError
 
         prompts = _prompts(model_input)
         config = _generation_config(params or {})
-        prompt_ids = encode_batch(prompts)
+        try:
+            prompt_ids = encode_batch(prompts)
+        except UsageError as error:  # the setting changed after loading, in the caller's own process
+            _refuse(str(error))
         context_length = self.lm.backbone.max_sequence_length
         for number, ids in enumerate(prompt_ids, 1):
             if len(ids) + config.max_new_tokens > context_length:

@@ -330,5 +330,6 @@ def _isolated_environment(monkeypatch, tmp_path):
     # Tests never touch a user's ./mlruns or plugin settings.
     monkeypatch.delenv("GPT2REG_HOME", raising=False)
     monkeypatch.delenv("GPT2REG_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv("GPT2REG_SPECIAL_TOKENS", raising=False)
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.chdir(tmp_path)

@@ -1,9 +1,32 @@
+import os
 import re
+from unittest import mock
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
-from backends.tokenizer import decode, encode, keras_tokenizer, pieces
+from backends.tokenizer import decode, encode, encode_batch, keras_tokenizer, pieces, rule_digest
+from registry.errors import UsageError
+
+RULE = "GPT2REG_SPECIAL_TOKENS"
+
+
+@pytest.fixture(autouse=True)
+def _default_rule(monkeypatch):
+    monkeypatch.delenv(RULE, raising=False)
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizers(fixture_dir):
+    """Hugging Face's own fast tokenizer from the fixture's tokenizer.json: as transformers'
+    GPT2TokenizerFast reads text, and with split_special_tokens (special-token text as text)."""
+    from tokenizers import Tokenizer
+
+    default = Tokenizer.from_file(str(fixture_dir / "tokenizer.json"))
+    as_text = Tokenizer.from_file(str(fixture_dir / "tokenizer.json"))
+    as_text.encode_special_tokens = True
+    return default, as_text
 
 
 def test_ids_match_the_reference_for_every_case(reference):
@@ -51,3 +74,64 @@ def keras_tokenizer_cached():
 def test_pieces_join_back_to_ascii_text():
     text = "Hello world, it's 2026."
     assert "".join(pieces(encode(text))) == text
+
+
+# Pieces that tokenizers get wrong most often: special-token text whole and in part, whitespace
+# runs of every kind, scripts outside Latin, emoji sequences and combining marks.
+TRICKY_PIECES = [
+    "<|endoftext|>", "<|endoftext", "endoftext|>", "<|", "|>", "<|endoftext|><|endoftext|>", "<<|endoftext|>>",
+    " ", "  ", "   ", "\n", "\n\n", "\t", " \t\n ", "\r\n", "\u00a0", "\u3000", "\u2028", "\u0085", "\u200b",
+    "東京", "日本語のテキスト", "مرحبا بالعالم", "שלום", "Привет", "नमस्ते", "🙂", "👨\u200d👩\u200d👧", "🇫🇷",
+    "e\u0301", "\u0301", "a\u0308\u0323", "'s", "'ll", "'RE", "123", "3.14", " world", "Hello",
+]
+tricky_text = st.lists(st.one_of(st.sampled_from(TRICKY_PIECES), st.text(max_size=10)), max_size=16).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tricky_text)
+def test_ids_equal_hugging_face_on_any_text(hf_tokenizers, text):
+    default, as_text = hf_tokenizers
+    with mock.patch.dict(os.environ, {RULE: "special"}):
+        assert encode(text) == default.encode(text).ids
+        assert decode(encode(text)) == text
+    with mock.patch.dict(os.environ, {RULE: "text"}):
+        assert encode(text) == as_text.encode(text).ids
+        assert decode(encode(text)) == text
+
+
+def test_special_token_text_is_the_end_of_text_token_by_default(hf_tokenizers):
+    default, _ = hf_tokenizers
+    text = "Hello<|endoftext|>  world\n\n<|endoftext|>"
+    assert encode(text) == default.encode(text).ids == [15496, 50256, 220, 995, 628, 50256]
+    assert pieces(encode(text))[1] == "<|endoftext|>"
+    assert encode_batch([text, "<|endoftext"]) == [encode(text), default.encode("<|endoftext").ids]
+
+
+def test_the_text_rule_reads_special_token_text_as_characters(monkeypatch, hf_tokenizers):
+    _, as_text = hf_tokenizers
+    monkeypatch.setenv(RULE, "text")
+    text = "Hello<|endoftext|>  world"
+    assert encode(text) == as_text.encode(text).ids == [15496, 27, 91, 437, 1659, 5239, 91, 29, 220, 995]
+    assert encode_batch([text]) == [encode(text)]
+    assert 50256 not in encode("<|endoftext|>")
+
+
+@pytest.mark.parametrize("value", ["Text", "SPECIAL", "none", "1", " text", "text\n"])
+def test_an_unknown_rule_is_refused_naming_the_variable_and_the_choices(monkeypatch, value):
+    monkeypatch.setenv(RULE, value)
+    for call in (lambda: encode("Hello"), lambda: encode_batch(["Hello"])):
+        with pytest.raises(UsageError) as refused:
+            call()
+        message = str(refused.value)
+        assert RULE in message and ascii(value) in message and "'special'" in message and "'text'" in message
+        assert "\n" not in message
+
+
+def test_the_digest_salt_changes_with_the_rule_only_where_the_text_spells_a_special_token(monkeypatch):
+    plain, quoting = ["no separators here"], ["one<|endoftext|>two"]
+    by_rule = {}
+    for rule in ("special", "text"):
+        monkeypatch.setenv(RULE, rule)
+        by_rule[rule] = (rule_digest(plain), rule_digest(quoting))
+    assert by_rule["special"][0] == by_rule["text"][0] == b""  # the same ids under both rules
+    assert by_rule["special"][1] != by_rule["text"][1]
