@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from backends import lora
 from backends.configs import GENERATION_RUNTIMES as RUNTIMES
 
 import tensorflow as tf  # noqa: E402
@@ -133,7 +134,8 @@ class CompiledDecoder:
         block = {
             "attention_norm": _pack_norm(layer._self_attention_layer_norm),
             "feedforward_norm": _pack_norm(layer._feedforward_layer_norm),
-            "activation": layer._feedforward_intermediate_dense.activation,
+            # A LoRA-adapted layer's own activation is linear: it applies GELU after its update.
+            "activation": lora.activation(layer._feedforward_intermediate_dense),
         }
         if any(_is_quantized(dense) for dense in projections):
             block["qkv"] = projections  # called as layers
@@ -333,7 +335,8 @@ def resolve_runtime(lm, xla: bool | None = None, runtime: str = "auto") -> str:
 
 def runtime_can_decode(lm) -> bool:
     """Whether the onnx and litert runtimes decode this model as Keras would: float32 or int8
-    weights, float32 arithmetic, no LoRA update held apart from the kernels it modifies."""
+    weights, float32 arithmetic, no update of Keras's own `enable_lora` on an int8 kernel
+    (this project's LoRA factors are read by `fast_decoding.model_tensors`)."""
     backbone = lm.backbone
     if backbone.dtype_policy.compute_dtype != "float32":
         return False
@@ -354,8 +357,9 @@ def _is_quantized(layer) -> bool:
 
 
 def _dense_matrix(dense, input_dim: int) -> tuple[np.ndarray, np.ndarray]:
-    # `kernel` already folds in a LoRA update when the layer has one enabled.
-    kernel = np.asarray(dense.kernel.numpy()).reshape(input_dim, -1)
+    # `kernel` folds in the update of Keras's own `enable_lora`; `folded_kernel` adds ours,
+    # which the layer keeps apart from its kernel (a quantized layer calls itself instead).
+    kernel = lora.folded_kernel(dense, np.asarray(dense.kernel.numpy())).reshape(input_dim, -1)
     bias = np.asarray(dense.bias.numpy()).reshape(-1) if dense.bias is not None else np.zeros(kernel.shape[1], kernel.dtype)
     return kernel, bias
 

@@ -44,16 +44,42 @@ from registry.errors import UsageError
 BLOCKED = np.float32(-1e9)  # the attention bias of a slot a token may not see
 
 
-def model_tensors(backbone) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]], str]:
-    """The backbone's weights in the Hugging Face GPT-2 layout: float32 tensors, the int8 ones, the precision.
+@dataclass
+class ModelTensors:
+    """A backbone's weights as a runtime graph needs them, in the Hugging Face GPT-2 layout.
 
-    For an int8 variant, each int8 matrix (Keras's own values) is also returned
-    as `(values [inputs, outputs] int8, scale [outputs] float32)` with
-    weight = values * scale, under its Hugging Face name (the output
-    projection, from the tied embedding, as `transformer.lm_head.weight`);
-    the float tensor beside it is the same weight dequantized. Other
-    quantization modes have no runtime kernel here.
+    `tensors`: every weight as float32. `int8`: for an int8 variant, each int8
+    matrix (Keras's own values) as `(values [inputs, outputs] int8, scale
+    [outputs] float32)` with weight = values * scale, under its Hugging Face
+    name (the output projection, from the tied embedding, as
+    `transformer.lm_head.weight`); the float tensor beside it is the same
+    weight dequantized. `low_rank`: the LoRA update of an int8 matrix, as
+    `(A [inputs, r], B [r, outputs])` with update = x·A·B, kept apart as Keras
+    computes it (the update of a float matrix is folded into its tensor, as
+    `merge` would write it). `precision`: ``float32`` or ``int8``.
     """
+
+    tensors: dict[str, np.ndarray]
+    int8: dict[str, tuple[np.ndarray, np.ndarray]]
+    low_rank: dict[str, tuple[np.ndarray, np.ndarray]]
+    precision: str
+
+    def digest(self, runtime: str) -> str:
+        """A short digest of every weight the graph holds and what it is built for (the graph file's name)."""
+        return _digest({**self.tensors,
+                        **{f"{name}.int8": values for name, (values, _) in self.int8.items()},
+                        **{f"{name}.lora_{part}": factor for name, factors in self.low_rank.items()
+                           for part, factor in zip("ab", factors)}},
+                       self.precision, runtime)
+
+
+def model_tensors(backbone) -> ModelTensors:
+    """The weights the backbone really computes with (LoRA updates included), for a runtime graph.
+
+    Other quantization modes than int8 have no runtime kernel here.
+    """
+    from backends import lora
+
     width = backbone.hidden_dim
     modes = {getattr(layer, "quantization_mode", None) for layer in backbone._flatten_layers(include_self=False)}
     modes.discard(None)
@@ -66,11 +92,13 @@ def model_tensors(backbone) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.n
     precision = "int8" if modes else "float32"
     tensors: dict[str, np.ndarray] = {}
     int8: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    low_rank: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def matrix(dense, inputs: int) -> tuple[np.ndarray, tuple | None]:
         """The kernel as [inputs, outputs] float32, and (int8 values, per-output scale) when int8."""
         if getattr(dense, "quantization_mode", None) != "int8":
-            return np.asarray(dense.kernel, dtype=np.float32).reshape(inputs, -1), None
+            kernel = lora.folded_kernel(dense, np.asarray(dense.kernel, dtype=np.float32))
+            return kernel.reshape(inputs, -1), None
         scale = dense.kernel_scale
         if hasattr(dense, "_adjust_scale_for_dequant"):  # EinsumDense: the scale's axes follow the equation
             scale = dense._adjust_scale_for_dequant(scale)
@@ -88,6 +116,9 @@ def model_tensors(backbone) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.n
         if parts[0][1] is not None:
             int8[f"{name}.weight"] = (np.concatenate([q for _, (q, _) in parts], axis=1),
                                       np.concatenate([c for _, (_, c) in parts]))
+            update = _fused_low_rank([lora.factors(dense) for dense in denses], [w.shape[1] for w, _ in parts])
+            if update is not None:
+                low_rank[f"{name}.weight"] = update
 
     embedding = backbone.token_embedding
     if getattr(embedding, "quantization_mode", None) == "int8":
@@ -110,7 +141,27 @@ def model_tensors(backbone) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.n
             tensors[f"{prefix}.{name}.bias"] = np.asarray(norm.beta, dtype=np.float32)
         put(f"{prefix}.mlp.c_fc", (layer._feedforward_intermediate_dense,), width)
         put(f"{prefix}.mlp.c_proj", (layer._feedforward_output_dense,), layer._feedforward_output_dense.kernel.shape[0])
-    return tensors, int8, precision
+    return ModelTensors(tensors, int8, low_rank, precision)
+
+
+def _fused_low_rank(factors: list, widths: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """One (A, B) for matrices side by side (query, key and value as one product): A's columns
+    and B's rows are those of each adapted matrix in turn, B placed under that matrix's columns."""
+    if all(pair is None for pair in factors):
+        return None
+    inputs = next(a.shape[0] for a, _ in filter(None, factors))
+    rank = sum(a.shape[1] for a, _ in filter(None, factors))
+    a_all = np.zeros((inputs, rank), np.float32)
+    b_all = np.zeros((rank, sum(widths)), np.float32)
+    row = column = 0
+    for pair, width in zip(factors, widths):
+        if pair is not None:
+            a, b = pair
+            a_all[:, row:row + a.shape[1]] = a
+            b_all[row:row + a.shape[1], column:column + width] = b
+            row += a.shape[1]
+        column += width
+    return a_all, b_all
 
 
 # -- runtimes ------------------------------------------------------------------
@@ -139,12 +190,13 @@ class _OnnxSession:
         return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
 
     @staticmethod
-    def write(tensors, int8, num_layers: int, num_heads: int, path: Path) -> None:
+    def write(weights: ModelTensors, num_layers: int, num_heads: int, path: Path) -> None:
         import onnx
 
         from backends import onnx_graph
 
-        model = onnx_graph.build_decoder(tensors, num_layers=num_layers, num_heads=num_heads, int8=int8)
+        model = onnx_graph.build_decoder(weights.tensors, num_layers=num_layers, num_heads=num_heads,
+                                         int8=weights.int8, low_rank=weights.low_rank)
         onnx.save(model, str(path))
 
 
@@ -169,21 +221,25 @@ class _LiteRTSession:
         return self.runner(**inputs)
 
     @staticmethod
-    def write(tensors, int8, num_layers: int, num_heads: int, path: Path) -> None:
+    def write(weights: ModelTensors, num_layers: int, num_heads: int, path: Path) -> None:
         import tensorflow as tf
 
         module = tf.Module()
-        module.decode = _tf_decoder(tensors, num_layers, num_heads)
+        module.decode = _tf_decoder(weights.tensors, num_layers, num_heads, low_rank=weights.low_rank)
         with tempfile.TemporaryDirectory(prefix="gpt2reg-litert-") as scratch:
             tf.saved_model.save(module, scratch, signatures={"decode": module.decode})
             converter = tf.lite.TFLiteConverter.from_saved_model(scratch, signature_keys=["decode"])
-            if int8:
+            if weights.int8:
                 converter.optimizations = [tf.lite.Optimize.DEFAULT]
             path.write_bytes(converter.convert())
 
 
-def _tf_decoder(tensors: dict[str, np.ndarray], num_layers: int, num_heads: int, epsilon: float = 1e-5):
-    """`backends.onnx_graph.build_decoder`'s graph as a TensorFlow function (same inputs and outputs)."""
+def _tf_decoder(tensors: dict[str, np.ndarray], num_layers: int, num_heads: int, epsilon: float = 1e-5,
+                low_rank: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
+    """`backends.onnx_graph.build_decoder`'s graph as a TensorFlow function (same inputs and outputs).
+
+    `low_rank`: LoRA updates added to their matrix's product (see `ModelTensors`).
+    """
     import math
 
     import tensorflow as tf
@@ -198,8 +254,14 @@ def _tf_decoder(tensors: dict[str, np.ndarray], num_layers: int, num_heads: int,
         mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
         return (x - mean) * tf.math.rsqrt(variance + epsilon) * constant[f"{prefix}.weight"] + constant[f"{prefix}.bias"]
 
+    updates = {name: (tf.constant(a), tf.constant(b)) for name, (a, b) in (low_rank or {}).items()}
+
     def dense(x, prefix):
-        return tf.matmul(x, constant[f"{prefix}.weight"]) + constant[f"{prefix}.bias"]
+        y = tf.matmul(x, constant[f"{prefix}.weight"]) + constant[f"{prefix}.bias"]
+        if f"{prefix}.weight" in updates:
+            a, b = updates[f"{prefix}.weight"]
+            y = y + tf.matmul(tf.matmul(x, a), b)
+        return y
 
     signature = [tf.TensorSpec([None, None], tf.int32, name="token_ids"),
                  tf.TensorSpec([None, None], tf.int32, name="positions"),
@@ -287,10 +349,10 @@ class RuntimeDecoder:
         if runtime not in SESSIONS:
             raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(SESSIONS)}")
         backbone = lm.backbone
-        tensors, int8, precision = model_tensors(backbone)
+        weights = model_tensors(backbone)
+        precision = weights.precision
         kind = SESSIONS[runtime]
-        digest = _digest({**tensors, **{f"{name}.int8": values for name, (values, _) in int8.items()}},
-                         precision, runtime)
+        digest = weights.digest(runtime)
         folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir(), f"gpt2reg-runtimes-{os.getuid()}")
         path = folder / f"decoder-{digest}{kind.suffix}"
         session = None
@@ -304,12 +366,12 @@ class RuntimeDecoder:
             # Written under a temporary name and renamed: a crash leaves no half-written graph behind.
             partial = folder / f".{path.name}.{os.getpid()}.partial"
             try:
-                kind.write(tensors, int8, backbone.num_layers, backbone.num_heads, partial)
+                kind.write(weights, backbone.num_layers, backbone.num_heads, partial)
                 os.replace(partial, path)
             finally:
                 partial.unlink(missing_ok=True)
             session = kind(path)
-        del tensors, int8
+        del weights
         return cls(session, num_layers=backbone.num_layers, num_heads=backbone.num_heads,
                    hidden_dim=backbone.hidden_dim, max_positions=backbone.max_sequence_length,
                    runtime=runtime, precision=precision)

@@ -82,11 +82,15 @@ def _add_factors(layer, *, rank: int, alpha: float, dropout: float, seed: int) -
     )
     layer.gpt2reg_lora_b = layer.add_weight(name="lora_b", shape=(rank, fan_out), initializer="zeros", trainable=True)
     layer.gpt2reg_lora_seed = keras.random.SeedGenerator(seed) if dropout else None
-    layer._tracker.lock()
     scale = alpha / rank
     # The update belongs before the activation (the feed-forward Dense applies GELU):
     # the layer's own call runs linear and the activation is applied after the sum.
+    # Decoders that read the weights instead of calling the layer need both the
+    # scale and the activation the layer had (`factors`, `activation`).
     activation = getattr(layer, "activation", None) or keras.activations.linear
+    layer.gpt2reg_lora_scale = scale
+    layer.gpt2reg_lora_activation = activation
+    layer._tracker.lock()
     layer.activation = keras.activations.linear
 
     def with_low_rank_path(plain_call):
@@ -150,6 +154,44 @@ def _factors(lm) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     }
 
 
+# -- what decoders that read weights need ---------------------------------------------
+# The compiled Keras decoder and the onnxruntime and LiteRT graphs do not call the layers;
+# they read the kernels. An adapted layer's kernel is its base's: the update lives in the
+# factors, and these functions hand it to them.
+
+
+def factors(layer) -> tuple[np.ndarray, np.ndarray] | None:
+    """(A [inputs, r], (alpha / r) · B [r, outputs]) of an adapted layer as float32; None for a plain layer."""
+    if getattr(layer, "gpt2reg_lora_a", None) is None:
+        return None
+    a = ops.convert_to_numpy(layer.gpt2reg_lora_a).astype("float32")
+    b = ops.convert_to_numpy(layer.gpt2reg_lora_b).astype("float32")
+    return a, (np.float32(layer.gpt2reg_lora_scale) * b).astype("float32")
+
+
+def activation(layer):
+    """The activation the layer applies after its (adapted) product."""
+    return getattr(layer, "gpt2reg_lora_activation", None) or getattr(layer, "activation", None)
+
+
+def folded_kernel(layer, kernel: np.ndarray) -> np.ndarray:
+    """`kernel` (the layer's float kernel, any shape) with the layer's update folded in: W + (alpha / r) · A·B.
+
+    Computed exactly as `merge_into` writes a merged variant, so an adapter decodes
+    with the very weights its merged variant holds.
+    """
+    if getattr(layer, "gpt2reg_lora_a", None) is None:
+        return kernel
+    a = ops.convert_to_numpy(layer.gpt2reg_lora_a)
+    b = ops.convert_to_numpy(layer.gpt2reg_lora_b)
+    return _merged(np.asarray(kernel), a, b, layer.gpt2reg_lora_scale)
+
+
+def _merged(kernel: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarray:
+    update = (scale * (a.astype("float64") @ b.astype("float64"))).reshape(kernel.shape)
+    return (kernel.astype("float64") + update).astype("float32")
+
+
 def save_adapter(lm, folder: str | Path) -> Path:
     import h5py
 
@@ -197,5 +239,4 @@ def merge_into(adapted_lm, plain_lm) -> None:
     plain = _weighted_layers(plain_lm.backbone)
     for index, (a, b) in _factors(adapted_lm).items():
         kernel = plain[index]._kernel
-        update = (scale * (a.astype("float64") @ b.astype("float64"))).reshape(tuple(kernel.shape))
-        kernel.assign((ops.convert_to_numpy(kernel).astype("float64") + update).astype("float32"))
+        kernel.assign(_merged(ops.convert_to_numpy(kernel), a, b, scale))

@@ -30,12 +30,14 @@ DECODER_OPSET = 20  # and Gelu (with the tanh approximation GPT-2 uses) from 20
 class _Writer:
     """Nodes and initializers of one graph, with GPT-2's building blocks."""
 
-    def __init__(self, tensors: dict[str, np.ndarray], epsilon: float, opset: int = OPSET, int8: dict | None = None):
+    def __init__(self, tensors: dict[str, np.ndarray], epsilon: float, opset: int = OPSET, int8: dict | None = None,
+                 low_rank: dict | None = None):
         from onnx import helper, numpy_helper
 
         self.helper, self.numpy_helper = helper, numpy_helper
         self.tensors = tensors
         self.int8 = int8 or {}
+        self.low_rank = low_rank or {}
         self.contrib = bool(self.int8)  # uses operators of onnxruntime's com.microsoft domain
         self.epsilon = epsilon
         self.opset = opset
@@ -61,7 +63,16 @@ class _Writer:
                        axis=-1, epsilon=self.epsilon)
 
     def matmul(self, x: str, name: str, output: str | None = None, bias: str | None = None) -> str:
-        """x times the [inputs, outputs] weight `name` (plus `bias`): int8 when the writer holds int8 values for it."""
+        """x times the [inputs, outputs] weight `name` (plus `bias`): int8 when the writer holds int8 values for it,
+        plus x·A·B when it holds a LoRA update (A, B) for it."""
+        if name in self.low_rank:
+            a, b = self.low_rank[name]
+            update = self.op("MatMul", self.op("MatMul", x, self.weight(f"{name}.lora_a", a)),
+                             self.weight(f"{name}.lora_b", b))
+            return self.op("Add", self._product(x, name, None, bias), update, outputs=[output] if output else None)
+        return self._product(x, name, output, bias)
+
+    def _product(self, x: str, name: str, output: str | None, bias: str | None) -> str:
         outputs = [output] if output else None
         if name not in self.int8:
             if bias is None:
@@ -180,7 +191,8 @@ def build(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads: int, ep
 
 
 def build_decoder(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads: int, epsilon: float = 1e-5,
-                  int8: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
+                  int8: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                  low_rank: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
     """An `onnx.ModelProto` for one decoding call of `T` new tokens against a cache of `S` slots.
 
     Inputs: `token_ids` int32 [B, T]; `positions` int32 [B, T] (each token's
@@ -206,6 +218,10 @@ def build_decoder(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads:
     `DynamicQuantizeMatMul` (what `quantize_dynamic` makes) was about as fast
     but off by 8 to 15% of the largest output in two runs (int16 saturation
     of its u8 x s8 kernel on CPUs without VNNI), this kernel by about 1%.
+
+    `low_rank`: LoRA updates of int8 matrices, each `(A [inputs, r], B [r,
+    outputs])` under the matrix's name, added to its product in float32 as
+    Keras adds them to its int8 layer's output.
     """
     from onnx import TensorProto, helper
 
@@ -214,8 +230,9 @@ def build_decoder(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads:
     # int8 kernel takes that layout; it is a third of `gpt2`'s arithmetic per token).
     if "transformer.lm_head.weight" not in (int8 or {}):
         tensors["transformer.lm_head.weight"] = np.ascontiguousarray(tensors["transformer.wte.weight"].T)
-    w = _Writer(tensors, epsilon, DECODER_OPSET, int8={name.removeprefix("transformer."): value
-                                                      for name, value in (int8 or {}).items()})
+    w = _Writer(tensors, epsilon, DECODER_OPSET,
+                int8={name.removeprefix("transformer."): value for name, value in (int8 or {}).items()},
+                low_rank={name.removeprefix("transformer."): value for name, value in (low_rank or {}).items()})
     op, constant = w.op, w.constant
     width = tensors["transformer.wte.weight"].shape[1]
     head_dim = width // num_heads

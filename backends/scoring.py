@@ -60,10 +60,14 @@ _COMPILED = "_gpt2reg_token_nll"
 
 
 def forget_compiled(lm) -> None:
-    """Drop the compiled scoring function after changing the model's layers (it would read the old ones)."""
+    """Drop the compiled scoring functions and the decoders kept on the model after changing its
+    layers or weights (they would read the old ones: a decoder packs the weights it was built from)."""
     for name in (_COMPILED, _COMPILED_TARGETS):
         if hasattr(lm, name):
             delattr(lm, name)
+    decoders = getattr(lm, "_gpt2reg_decoders", None)
+    if decoders:
+        decoders.clear()
 
 
 def _token_nll_function(lm):

@@ -412,6 +412,10 @@ def train(
     finally:
         if preprocessor is not None:
             lm.preprocessor = preprocessor
+        # Training changed the weights: a decoder built before it would generate with the old ones.
+        from backends import scoring
+
+        scoring.forget_compiled(lm)
     seconds = time.perf_counter() - started
     done = state["step"] - first_step
     losses = state["history"].get("train_loss", [])
