@@ -5,7 +5,8 @@ Importing this package is cheap: the modules that import TensorFlow
 imported by the commands that need them.
 """
 
-import os
+from backends import quiet
 
-# TensorFlow's C++ start-up chatter (CUDA probing, CPU features) is noise for CLI users.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Before anything imports TensorFlow: its start-up chatter (CUDA probing, CPU features,
+# oneDNN notes, absl's pre-init warning) is noise for CLI users; GPT2REG_VERBOSE=1 keeps it.
+quiet.install()

@@ -1,7 +1,8 @@
 """The `gpt2reg` command line.
 
-Every command takes `--home` and `--json`; exit codes: 0 success, 2 bad usage
-or bad input (one line naming the problem and the fix), 1 other failure.
+Every command takes `--home` and `--json` (before or after its name); exit
+codes: 0 success, 2 bad usage or bad input (one line naming the problem and the
+fix), 1 other failure.
 Heavy libraries (TensorFlow, MLflow) are imported inside the commands that
 need them, so `gpt2reg --help` starts fast.
 """
@@ -15,20 +16,23 @@ import sys
 import click
 
 from registry.capability import CapabilityFailed, CapabilityResult
-from registry.errors import RegistryError, UsageError
+from registry.errors import NotFoundError, RegistryError, UsageError
 
 
 # ---------------------------------------------------------------- shared options
 
 
 def _store_option(ctx, param, value):
-    if value is not None:
+    # The group and the command share ctx.meta: `gpt2reg --home A list` and `gpt2reg list --home A` both
+    # land here, the command's own after the group's, so an option given to the command wins. A default
+    # (an option not given) must not overwrite what the group received.
+    if value is not None and ctx.get_parameter_source(param.name) is not click.core.ParameterSource.DEFAULT:
         ctx.meta[f"gpt2reg.{param.name}"] = value
     return value
 
 
 def common(command):
-    """Add --home, --tracking-uri, --lineage-url and --json to a command."""
+    """Add --home, --tracking-uri, --lineage-url and --json to a command (the group takes them too)."""
     options = [
         click.option("--home", type=click.Path(file_okay=False), default=None, expose_value=False, callback=_store_option,
                      help="Registry home (default: $GPT2REG_HOME or ./mlruns)."),
@@ -78,13 +82,70 @@ def console():
     return Console(highlight=False)
 
 
+# ---------------------------------------------------------------- checks before the heavy imports
+# A command that loads a model imports TensorFlow (seconds); input that can be judged without it is
+# judged first, so a typo is answered at once. The capabilities check the same things again.
+
+
+def check_paths_exist(option: str, paths) -> None:
+    """Each of `paths` (the values of `option`) names a file or folder that exists."""
+    from registry.data import check_path, path_kind
+
+    for raw in paths or ():
+        path = check_path(raw, option)
+        kind = path_kind(path, option)
+        if kind == "missing":
+            raise NotFoundError(f"{raw} does not exist; check the path given to {option}")
+        if kind == "other":
+            raise UsageError(f"{option} {raw} is a device, pipe or socket, not a file; "
+                             "give a text file, a folder or JSONL")
+
+
+def check_device(device: str) -> None:
+    """`device` is a built-in one, or a plugin besides the built-in one may provide it."""
+    from backends.devices import DEVICES
+    from registry import plugins
+
+    if device in DEVICES:
+        return
+    if all(impl.plugin_name == "plugins.devices" for impl in plugins.implementations("select_strategy")):
+        raise UsageError(f"no plugin provides device {device!r}; use {', '.join(DEVICES[:-1])} or {DEVICES[-1]}")
+
+
+def check_import_source(name: str, source: str) -> None:
+    """NAME is a valid name and SOURCE, when it is written as a path, exists (as `import_model` decides)."""
+    from registry.data import check_path
+    from registry.references import check_name
+
+    check_name(name)
+    check_path(source, "SOURCE")
+    looks_like_path = source.startswith((".", "/", "~")) or (os.sep in source and not source.startswith("hf://"))
+    if looks_like_path and not os.path.lexists(os.path.expanduser(source)):
+        raise NotFoundError(f"{source} does not exist; "
+                            "give a checkpoint folder, a KerasHub preset name or hf://org/repo")
+
+
 # ---------------------------------------------------------------- the group
+
+
+def _set_verbose(ctx, param, value):
+    if value:
+        from backends import quiet
+
+        quiet.set_verbose(True)
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="gpt2-registry")
+@click.option("--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_set_verbose,
+              help="Let TensorFlow, XLA, absl and Keras log to the terminal (as GPT2REG_VERBOSE=1 does).")
+@common
 def cli():
-    """gpt2reg: a registry of GPT-2 variants with lineage, on MLflow and KerasHub."""
+    """gpt2reg: a registry of GPT-2 variants with lineage, on MLflow and KerasHub.
+
+    --home, --tracking-uri, --lineage-url and --json go before the command or after it.
+    """
 
 
 def _register_plugin_commands() -> None:
@@ -111,6 +172,9 @@ def _warn_about_failed_plugins() -> None:
 
 
 def main(argv=None) -> None:
+    from backends import quiet  # before any plugin or command can import TensorFlow
+
+    quiet.install()
     _register_plugin_commands()
     _warn_about_failed_plugins()
     try:
@@ -149,19 +213,42 @@ def main(argv=None) -> None:
 # ---------------------------------------------------------------- store commands
 
 
+VARIANT_COLUMNS = ("ref", "operation", "parents", "parameters", "size", "perplexity", "content hash")
+# When the table is wider than the terminal (80 columns when piped), whole columns go, least useful
+# first, rather than every cell being cut; the reference is what a user types next, so it always stays.
+DROPPED_FIRST = ("content hash", "parents", "parameters", "size", "operation", "perplexity")
+
+
 def _variant_table(variants, title=None):
+    """The variants as a table that fits the terminal with every cell whole."""
     from rich.table import Table
 
-    table = Table(title=title)
-    for column in ("ref", "operation", "parents", "parameters", "size", "perplexity", "content hash"):
-        table.add_column(column, justify="right" if column in ("parameters", "size", "perplexity") else "left")
+    rows = []
     for v in variants:
         perplexity = v.metrics.get("perplexity")
-        table.add_row(
+        rows.append(dict(zip(VARIANT_COLUMNS, (
             v.ref, v.operation, ", ".join(v.parents) or "-", f"{v.parameters:,}", human_size(v.size_bytes),
             f"{perplexity:,.2f}" if perplexity is not None else "-", v.content_hash[:12],
-        )
-    return table
+        ))))
+    out = console()
+    width = out.width
+    unbounded = out.options.update_width(1_000_000)
+    longest_ref = max((len(row["ref"]) for row in rows), default=0)
+    columns = list(VARIANT_COLUMNS)
+    dropped = iter(DROPPED_FIRST)
+    while True:
+        table = Table(title=title)
+        for column in columns:
+            is_ref = column == "ref"
+            # Should even the reference alone not fit, it folds onto more lines rather than lose characters.
+            table.add_column(column, justify="right" if column in ("parameters", "size", "perplexity") else "left",
+                             no_wrap=not is_ref, overflow="fold" if is_ref else "ellipsis",
+                             min_width=longest_ref if is_ref and len(columns) > 1 else None)
+        for row in rows:
+            table.add_row(*(row[column] for column in columns))
+        if out.measure(table, options=unbounded).maximum <= width or len(columns) == 1:
+            return table
+        columns.remove(next(dropped))
 
 
 def human_size(size: int) -> str:
@@ -199,6 +286,7 @@ def create(name, config_name, seed):
 @common
 def import_(name, source):
     """Register SOURCE (KerasHub preset folder, HF checkpoint folder, preset name, hf://org/repo) as NAME."""
+    check_import_source(name, source)
     variant = open_registry(progress=True).import_(name, source)
     _emit_variant(variant)
 
@@ -476,6 +564,9 @@ def training_options(default_lr: float, operation: str):
 
 
 def _train(capability: str, ref: str, *, name, device, data, val_data, **options) -> None:
+    check_paths_exist("--data", data)
+    check_paths_exist("--val-data", val_data)
+    check_device(device)
     variant = open_registry(progress=True).run(
         capability, ref, name=name, device=device, data=list(data), val_data=list(val_data) or None, **options
     )
@@ -561,6 +652,8 @@ def merge(adapter_ref, name):
 @common
 def quantize(ref, mode, calibration, calibration_samples, eval_data, new_tokens, name):
     """A quantized copy of REF, with size, perplexity and greedy speed before and after."""
+    check_paths_exist("--calibration", calibration)
+    check_paths_exist("--eval-data", eval_data)
     variant = open_registry(progress=True).run(
         "quantize", ref, name=name, mode=mode, calibration=list(calibration) or None,
         calibration_samples=calibration_samples, eval_data=list(eval_data) or None, new_tokens=new_tokens,
@@ -586,6 +679,7 @@ def quantize(ref, mode, calibration, calibration_samples, eval_data, new_tokens,
 @common
 def export(ref, format_, out, quantize, eval_data, new_tokens, name):
     """Write REF as FORMAT into OUT, checked in its own runtime against REF; registered as a variant."""
+    check_paths_exist("--eval-data", eval_data)
     variant = open_registry(progress=True).run(
         "export", ref, name=name, format=format_, out=out, quantize=quantize,
         eval_data=list(eval_data) or None, new_tokens=new_tokens,
@@ -656,6 +750,7 @@ def compare(refs, chart, log):
 @common
 def evaluate(ref, log, device, data, **options):
     """Perplexity of REF over text (token-weighted; no token prepended), and task scores."""
+    check_device(device)
     reg = open_registry()
     result = reg.run("evaluate", ref, data=list(data), device=device, **options)
     variant = reg.record_evaluation(ref, result) if log else reg.get(ref)
