@@ -123,8 +123,10 @@ def enable(lm, *, rank: int, alpha: float, targets: str, dropout: float = 0.0, s
     backbone = lm.backbone
     indices = target_indices(backbone, targets)
     if base_quantization:
+        from backends.quantization import quantize_backbone
+
         # Only the backbone: KerasHub's tokenizer layer cannot be quantized before first use.
-        backbone.quantize(base_quantization)
+        quantize_backbone(backbone, base_quantization)
     for variable in backbone.variables:
         variable.trainable = False
     layers = _weighted_layers(backbone)
