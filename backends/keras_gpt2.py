@@ -138,7 +138,7 @@ def import_model(source: str, dest_dir: str | os.PathLike) -> dict:
         except Exception as error:  # safetensors, h5py and Keras each raise their own types
             first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             raise UsageError(f"cannot load the checkpoint in {path}: {first_line}; the files are damaged or incomplete") from None
-    elif _looks_like_path(source):
+    elif model_files.looks_like_path(source):
         raise NotFoundError(f"{source} does not exist; give a checkpoint folder, a KerasHub preset name or hf://org/repo")
     else:
         kind = "hf-hub" if source.startswith("hf://") else "keras-hub-preset"
@@ -175,10 +175,6 @@ def _resolvable(host: str) -> bool:
         return True
     except OSError:
         return False
-
-
-def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or os.sep in source and not source.startswith("hf://")
 
 
 # Hugging Face GPT-2 settings that KerasHub's GPT-2 computes with fixed values.

@@ -325,3 +325,8 @@ def _shown_name(raw_name: bytes) -> str:
 
 def _refuse_hdf5(path: Path, problem: str):
     raise UsageError(f"{path}: {problem}, which could make h5py read another file, and is refused; {TRUSTED_SOURCE_FIX}")
+
+
+def looks_like_path(source: str) -> bool:
+    """Whether an import SOURCE is written as a local path (not a KerasHub preset name or hf://org/repo)."""
+    return source.startswith((".", "/", "~")) or os.sep in source and not source.startswith("hf://")

@@ -112,19 +112,6 @@ def check_device(device: str) -> None:
         raise UsageError(f"no plugin provides device {device!r}; use {', '.join(DEVICES[:-1])} or {DEVICES[-1]}")
 
 
-def check_import_source(name: str, source: str) -> None:
-    """NAME is a valid name and SOURCE, when it is written as a path, exists (as `import_model` decides)."""
-    from registry.data import check_path
-    from registry.references import check_name
-
-    check_name(name)
-    check_path(source, "SOURCE")
-    looks_like_path = source.startswith((".", "/", "~")) or (os.sep in source and not source.startswith("hf://"))
-    if looks_like_path and not os.path.lexists(os.path.expanduser(source)):
-        raise NotFoundError(f"{source} does not exist; "
-                            "give a checkpoint folder, a KerasHub preset name or hf://org/repo")
-
-
 # ---------------------------------------------------------------- the group
 
 
@@ -286,6 +273,8 @@ def create(name, config_name, seed):
 @common
 def import_(name, source):
     """Register SOURCE (KerasHub preset folder, HF checkpoint folder, preset name, hf://org/repo) as NAME."""
+    from registry.references import check_import_source
+
     check_import_source(name, source)
     variant = open_registry(progress=True).import_(name, source)
     _emit_variant(variant)

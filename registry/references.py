@@ -95,3 +95,20 @@ def parse(reference: str) -> Reference:
         name, version = reference.split("/", 1)
         return Reference(check_name(name), version=check_version(version, reference))
     return Reference(check_name(reference))
+
+
+def check_import_source(name: str, source: str) -> None:
+    """NAME is a valid name and SOURCE, when it is written as a path, exists: judged before
+    TensorFlow loads (seconds) or the home is touched."""
+    import os
+
+    from backends.model_files import looks_like_path
+    from registry.data import check_path
+    from registry.errors import NotFoundError
+
+    check_name(name)
+    if not source:
+        raise UsageError("empty source: give a checkpoint folder, a KerasHub preset name or hf://org/repo")
+    check_path(source, "SOURCE")  # NUL bytes, over-long names, disguised separators
+    if looks_like_path(source) and not os.path.lexists(os.path.expanduser(source)):
+        raise NotFoundError(f"{source} does not exist; give a checkpoint folder, a KerasHub preset name or hf://org/repo")

@@ -486,13 +486,8 @@ class Registry:
 
     def import_(self, name: str, source: str) -> Variant:
         """Import a KerasHub preset folder, a Hugging Face GPT-2 folder, a preset name or hf://org/repo."""
-        from registry.data import check_path
-
-        references.check_name(name)
-        if not source:
-            raise UsageError("empty source: give a checkpoint folder, a KerasHub preset name or hf://org/repo")
-        check_path(source, "SOURCE")  # NUL bytes, over-long names, disguised separators
-        from backends import keras_gpt2  # validates the source before the home is touched
+        references.check_import_source(name, source)
+        from backends import keras_gpt2  # validates the checkpoint itself before the home is touched
 
         with tempfile.TemporaryDirectory(prefix="gpt2reg-import-") as scratch:
             preset = Path(scratch) / "preset"
