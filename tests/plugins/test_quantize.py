@@ -71,10 +71,12 @@ def test_every_quantized_variant_reloads_and_generates_in_a_fresh_process(quanti
 @pytest.mark.parametrize("args, message", [
     (["--mode", "int3"], "unknown --mode"),
     (["--mode", "gptq"], "needs --calibration"),
-    (["--mode", "int8", "--calibration", "README.md"], "applies to gptq and awq only"),
+    (["--mode", "int8", "--calibration", "{text}"], "applies to gptq and awq only"),
+    (["--mode", "gptq", "--calibration", "missing.txt"], "missing.txt does not exist"),
 ])
-def test_bad_quantize_options_exit_2(quantized, gpt2reg, args, message):
+def test_bad_quantize_options_exit_2(quantized, gpt2reg, text_file, args, message):
     reg, _ = quantized
+    args = [str(text_file) if arg == "{text}" else arg for arg in args]
     result = gpt2reg("quantize", "fx/1", *args, "--home", reg.home.path)
     assert result.exit_code == 2 and message in result.stderr
 
