@@ -61,6 +61,7 @@ class Export(Capability):
         refuse_store_paths(Path(out), variant._registry.home)
 
         from backends import export, keras_gpt2
+        from backends.tokenizer import special_tokens_rule
         from plugins.measurements import (
             SPEED_PROMPT,
             evaluation_documents,
@@ -98,7 +99,7 @@ class Export(Capability):
             preset_dir=folder, metrics=metrics, parent_metrics=parent_metrics,
             settings={"format": format, "quantize": quantize, "weights": weights, "out": out,
                       "eval_data": list(eval_data or ["embedded held-out text"]), "probe_tokens": len(probe),
-                      "speed_prompt": SPEED_PROMPT, "new_tokens": new_tokens,
+                      "speed_prompt": SPEED_PROMPT, "new_tokens": new_tokens, "special_tokens": special_tokens_rule(),
                       "greedy_decoding": "key/value cache" if format in ("keras", "hf", "savedmodel") else "full recompute per token"},
             tags={"format": format, "weights": weights},
             deliver_to=Path(out),

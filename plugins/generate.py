@@ -79,7 +79,7 @@ class Generate(Capability):
             )
 
     def run(self, context, *, prompts, truncate, on_text, template, vars, **settings):
-        from backends.tokenizer import encode_batch
+        from backends.tokenizer import encode_batch, special_tokens_rule
 
         options = self.Options(prompts=prompts, truncate=truncate, **settings)
         config = options.generation_config()
@@ -121,6 +121,7 @@ class Generate(Capability):
             outputs.append(item)
         settings_used = {key: value for key, value in vars_of(config).items() if key != "stop" or value}
         settings_used["truncate"] = truncate
+        settings_used["special_tokens"] = special_tokens_rule()  # how the prompts became ids
         from backends.decoding import resolve_runtime
 
         settings_used["runtime"] = resolve_runtime(lm, config.xla, config.runtime)

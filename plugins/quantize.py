@@ -70,6 +70,7 @@ class Quantize(Capability):
             samples = [list(map(int, b)) for b in blocks[:calibration_samples]]
 
         from backends import keras_gpt2, quantization
+        from backends.tokenizer import special_tokens_rule
 
         prompt, new_tokens = speed_prompt(context_length, new_tokens)
         parent_preset = context.parent_preset()  # hash-checked once, loaded for each side
@@ -86,7 +87,8 @@ class Quantize(Capability):
             preset_dir=preset, metrics=metrics, parent_metrics=parent_metrics,
             settings={"mode": mode, "calibration": list(calibration or []), "calibration_samples": len(samples or []),
                       "eval_data": list(eval_data or ["embedded held-out text"]), "speed_prompt": SPEED_PROMPT,
-                      "new_tokens": new_tokens, "decode_runtime": decode_runtime},
+                      "new_tokens": new_tokens, "decode_runtime": decode_runtime,
+                      "special_tokens": special_tokens_rule()},  # how the evaluation and calibration text became ids
             tags={"quantization": mode},
             tables=sample_generations(lm),
         )

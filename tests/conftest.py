@@ -43,6 +43,25 @@ def reference(fixture_dir) -> dict:
     return json.loads((fixture_dir / "reference.json").read_text())
 
 
+@pytest.fixture(scope="session")
+def hf_tokenizer(fixture_dir):
+    """Hugging Face's own fast tokenizer, from the fixture's tokenizer.json: as transformers' GPT2TokenizerFast
+    reads text (`<|endoftext|>` written in a text is token 50256)."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(fixture_dir / "tokenizer.json"))
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer_as_text(fixture_dir):
+    """The same with split_special_tokens: special-token text read as plain characters."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(fixture_dir / "tokenizer.json"))
+    tokenizer.encode_special_tokens = True
+    return tokenizer
+
+
 class CliResult:
     def __init__(self, code, out, err):
         self.exit_code, self.stdout, self.stderr = code, out, err

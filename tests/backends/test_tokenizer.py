@@ -12,23 +12,6 @@ from registry.errors import UsageError
 RULE = "GPT2REG_SPECIAL_TOKENS"
 
 
-@pytest.fixture(autouse=True)
-def _default_rule(monkeypatch):
-    monkeypatch.delenv(RULE, raising=False)
-
-
-@pytest.fixture(scope="module")
-def hf_tokenizers(fixture_dir):
-    """Hugging Face's own fast tokenizer from the fixture's tokenizer.json: as transformers'
-    GPT2TokenizerFast reads text, and with split_special_tokens (special-token text as text)."""
-    from tokenizers import Tokenizer
-
-    default = Tokenizer.from_file(str(fixture_dir / "tokenizer.json"))
-    as_text = Tokenizer.from_file(str(fixture_dir / "tokenizer.json"))
-    as_text.encode_special_tokens = True
-    return default, as_text
-
-
 def test_ids_match_the_reference_for_every_case(reference):
     for case in reference["cases"]:
         assert encode(case["text"]) == case["token_ids"], case["text"]
@@ -89,8 +72,8 @@ tricky_text = st.lists(st.one_of(st.sampled_from(TRICKY_PIECES), st.text(max_siz
 
 @settings(max_examples=300, deadline=None)
 @given(tricky_text)
-def test_ids_equal_hugging_face_on_any_text(hf_tokenizers, text):
-    default, as_text = hf_tokenizers
+def test_ids_equal_hugging_face_on_any_text(hf_tokenizer, hf_tokenizer_as_text, text):
+    default, as_text = hf_tokenizer, hf_tokenizer_as_text
     with mock.patch.dict(os.environ, {RULE: "special"}):
         assert encode(text) == default.encode(text).ids
         assert decode(encode(text)) == text
@@ -99,16 +82,16 @@ def test_ids_equal_hugging_face_on_any_text(hf_tokenizers, text):
         assert decode(encode(text)) == text
 
 
-def test_special_token_text_is_the_end_of_text_token_by_default(hf_tokenizers):
-    default, _ = hf_tokenizers
+def test_special_token_text_is_the_end_of_text_token_by_default(hf_tokenizer):
+    default = hf_tokenizer
     text = "Hello<|endoftext|>  world\n\n<|endoftext|>"
     assert encode(text) == default.encode(text).ids == [15496, 50256, 220, 995, 628, 50256]
     assert pieces(encode(text))[1] == "<|endoftext|>"
     assert encode_batch([text, "<|endoftext"]) == [encode(text), default.encode("<|endoftext").ids]
 
 
-def test_the_text_rule_reads_special_token_text_as_characters(monkeypatch, hf_tokenizers):
-    _, as_text = hf_tokenizers
+def test_the_text_rule_reads_special_token_text_as_characters(monkeypatch, hf_tokenizer_as_text):
+    as_text = hf_tokenizer_as_text
     monkeypatch.setenv(RULE, "text")
     text = "Hello<|endoftext|>  world"
     assert encode(text) == as_text.encode(text).ids == [15496, 27, 91, 437, 1659, 5239, 91, 29, 220, 995]

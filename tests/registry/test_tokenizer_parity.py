@@ -18,27 +18,6 @@ END_OF_TEXT_ID = 50256
 SEPARATED = "The first document ends here.<|endoftext|>The second one follows,  after its separator.\n\n<|endoftext|>"
 
 
-@pytest.fixture(autouse=True)
-def _default_rule(monkeypatch):
-    monkeypatch.delenv(RULE, raising=False)
-
-
-@pytest.fixture(scope="module")
-def hf(fixture_dir):
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(fixture_dir / "tokenizer.json"))
-
-
-@pytest.fixture(scope="module")
-def hf_as_text(fixture_dir):
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(fixture_dir / "tokenizer.json"))
-    tokenizer.encode_special_tokens = True
-    return tokenizer
-
-
 @pytest.fixture(scope="module")
 def fx_model(imported_home):
     return Registry(imported_home).load("fx")
@@ -58,23 +37,23 @@ def _one_error_line(result) -> str:
     "  <|  endoftext|>\t\t",
     "東京 <|endoftext|> مرحبا 🙂 e\u0301",
 ])
-def test_tokenize_gives_hugging_faces_ids_and_decodes_back(gpt2reg, hf, text):
+def test_tokenize_gives_hugging_faces_ids_and_decodes_back(gpt2reg, hf_tokenizer, text):
     result = gpt2reg("tokenize", text, "--json")
     assert result.exit_code == 0, result
     document = result.json()
-    assert document["token_ids"] == hf.encode(text).ids
+    assert document["token_ids"] == hf_tokenizer.encode(text).ids
     assert document["special_tokens"] == "special"
     decoded = gpt2reg("tokenize", " ".join(map(str, document["token_ids"])), "--decode", "--json")
     assert decoded.exit_code == 0, decoded
     assert decoded.json()["text"] == text
 
 
-def test_the_text_rule_gives_the_plain_ids(gpt2reg, hf_as_text, monkeypatch):
+def test_the_text_rule_gives_the_plain_ids(gpt2reg, hf_tokenizer_as_text, monkeypatch):
     monkeypatch.setenv(RULE, "text")
     result = gpt2reg("tokenize", "Hello<|endoftext|>  world", "--json")
     assert result.exit_code == 0, result
     assert result.json()["token_ids"] == [15496, 27, 91, 437, 1659, 5239, 91, 29, 220, 995]
-    assert result.json()["token_ids"] == hf_as_text.encode("Hello<|endoftext|>  world").ids
+    assert result.json()["token_ids"] == hf_tokenizer_as_text.encode("Hello<|endoftext|>  world").ids
     assert result.json()["special_tokens"] == "text"
 
 
@@ -87,9 +66,9 @@ def test_an_unknown_rule_exits_2_with_one_line(gpt2reg, monkeypatch, value):
     assert line.startswith(f"error: {RULE}='{value}'") and "'special'" in line and "'text'" in line
 
 
-def test_generate_continues_the_ids_hugging_face_gives(gpt2reg, imported_home, fx_model, hf):
+def test_generate_continues_the_ids_hugging_face_gives(gpt2reg, imported_home, fx_model, hf_tokenizer):
     prompt = "Hello<|endoftext|>  world"
-    ids = hf.encode(prompt).ids
+    ids = hf_tokenizer.encode(prompt).ids
     assert END_OF_TEXT_ID in ids
     expected = []
     for _ in range(4):  # greedy by hand: one unpadded forward pass per token
@@ -102,23 +81,23 @@ def test_generate_continues_the_ids_hugging_face_gives(gpt2reg, imported_home, f
     assert result.json()["outputs"][0]["token_ids"] == expected
 
 
-def test_generate_measures_a_prompt_by_the_rule(gpt2reg, imported_home, hf, hf_as_text, monkeypatch):
+def test_generate_measures_a_prompt_by_the_rule(gpt2reg, imported_home, hf_tokenizer, hf_tokenizer_as_text, monkeypatch):
     # Too long for the fixture's 128 positions under either rule; the refusal gives the count.
     prompt = "<|endoftext|>" * 200
     refused = gpt2reg("generate", "fx", prompt, "--home", imported_home)
     assert refused.exit_code == 2
-    assert f"prompt of {len(hf.encode(prompt).ids)} tokens" in _one_error_line(refused)
+    assert f"prompt of {len(hf_tokenizer.encode(prompt).ids)} tokens" in _one_error_line(refused)
     monkeypatch.setenv(RULE, "text")
     refused = gpt2reg("generate", "fx", prompt, "--home", imported_home)
     assert refused.exit_code == 2
-    assert f"prompt of {len(hf_as_text.encode(prompt).ids)} tokens" in _one_error_line(refused)
+    assert f"prompt of {len(hf_tokenizer_as_text.encode(prompt).ids)} tokens" in _one_error_line(refused)
 
 
-def test_evaluate_scores_the_ids_hugging_face_gives(gpt2reg, imported_home, fx_model, hf, hf_as_text, monkeypatch,
+def test_evaluate_scores_the_ids_hugging_face_gives(gpt2reg, imported_home, fx_model, hf_tokenizer, hf_tokenizer_as_text, monkeypatch,
                                                     tmp_path):
     data = tmp_path / "separated.txt"
     data.write_text(SEPARATED, encoding="utf-8")
-    ids = hf.encode(SEPARATED).ids
+    ids = hf_tokenizer.encode(SEPARATED).ids
     assert ids.count(END_OF_TEXT_ID) == 2 and len(ids) < 128
     # SPEC 5: tokens 2..n given their prefix, nothing prepended.
     tokens = np.array([ids], dtype="int32")
@@ -136,26 +115,26 @@ def test_evaluate_scores_the_ids_hugging_face_gives(gpt2reg, imported_home, fx_m
     monkeypatch.setenv(RULE, "text")
     as_text = gpt2reg("evaluate", "fx", "--data", data, "--no-log", "--json", "--home", imported_home)
     assert as_text.exit_code == 0, as_text
-    assert as_text.json()["tokens"] == len(hf_as_text.encode(SEPARATED).ids) - 1
+    assert as_text.json()["tokens"] == len(hf_tokenizer_as_text.encode(SEPARATED).ids) - 1
     # The same file under the other rule is other data: its digest must not match.
     assert as_text.json()["data_digest"] != scored["data_digest"]
     assert Registry(imported_home).run("evaluate", "fx", data=[str(data)]).settings["special_tokens"] == "text"
 
 
-def test_task_prompts_are_measured_by_the_rule(gpt2reg, imported_home, hf, hf_as_text, monkeypatch, tmp_path):
+def test_task_prompts_are_measured_by_the_rule(gpt2reg, imported_home, hf_tokenizer, hf_tokenizer_as_text, monkeypatch, tmp_path):
     prompt = "Q<|endoftext|>" * 100
     task = tmp_path / "long.jsonl"
     task.write_text(json.dumps({"prompt": prompt, "answer": "x"}) + "\n", encoding="utf-8")
     refused = gpt2reg("evaluate", "fx", "--task", task, "--no-log", "--home", imported_home)
     assert refused.exit_code == 2
-    assert f"alone is {len(hf.encode(prompt).ids)} tokens" in _one_error_line(refused)
+    assert f"alone is {len(hf_tokenizer.encode(prompt).ids)} tokens" in _one_error_line(refused)
     monkeypatch.setenv(RULE, "text")
     refused = gpt2reg("evaluate", "fx", "--task", task, "--no-log", "--home", imported_home)
     assert refused.exit_code == 2
-    assert f"alone is {len(hf_as_text.encode(prompt).ids)} tokens" in _one_error_line(refused)
+    assert f"alone is {len(hf_tokenizer_as_text.encode(prompt).ids)} tokens" in _one_error_line(refused)
 
 
-def test_training_data_follows_the_rule_and_its_digest_tells_them_apart(hf, hf_as_text, monkeypatch, tmp_path):
+def test_training_data_follows_the_rule_and_its_digest_tells_them_apart(hf_tokenizer, hf_tokenizer_as_text, monkeypatch, tmp_path):
     from registry.data import read_texts, tokenize_documents
 
     separated, plain = tmp_path / "separated.txt", tmp_path / "plain.txt"
@@ -166,13 +145,13 @@ def test_training_data_follows_the_rule_and_its_digest_tells_them_apart(hf, hf_a
         monkeypatch.setenv(RULE, rule)
         data = read_texts([str(separated)])
         by_rule[rule] = (tokenize_documents(data), data.digest, read_texts([str(plain)]).digest)
-    assert by_rule["special"][0] == [hf.encode(SEPARATED).ids]
-    assert by_rule["text"][0] == [hf_as_text.encode(SEPARATED).ids]
+    assert by_rule["special"][0] == [hf_tokenizer.encode(SEPARATED).ids]
+    assert by_rule["text"][0] == [hf_tokenizer_as_text.encode(SEPARATED).ids]
     assert by_rule["special"][1] != by_rule["text"][1]
     assert by_rule["special"][2] == by_rule["text"][2]  # the same ids under both rules: the same data
 
 
-def test_finetune_trains_on_the_ids_hugging_face_gives_and_records_the_rule(imported_home, hf, hf_as_text, tmp_path):
+def test_finetune_trains_on_the_ids_hugging_face_gives_and_records_the_rule(imported_home, hf_tokenizer, hf_tokenizer_as_text, tmp_path):
     data = tmp_path / "separated.txt"
     data.write_text(SEPARATED * 8, encoding="utf-8")
     reg = Registry(imported_home)
@@ -181,11 +160,11 @@ def test_finetune_trains_on_the_ids_hugging_face_gives_and_records_the_rule(impo
     settings = next(e for e in reg.lineage(variant)["edges"] if e["child"] == variant.ref)["settings"]
     assert settings["special_tokens"] == "special"
     # Each document is followed by one end-of-text token, then cut into blocks of seq_len + 1.
-    assert settings["train_blocks"] == (len(hf.encode(SEPARATED * 8).ids) + 1) // 17
-    assert settings["train_blocks"] != (len(hf_as_text.encode(SEPARATED * 8).ids) + 1) // 17
+    assert settings["train_blocks"] == (len(hf_tokenizer.encode(SEPARATED * 8).ids) + 1) // 17
+    assert settings["train_blocks"] != (len(hf_tokenizer_as_text.encode(SEPARATED * 8).ids) + 1) // 17
 
 
-def test_a_served_model_reads_prompts_by_the_servers_rule(fx_model, hf, hf_as_text, monkeypatch):
+def test_a_served_model_reads_prompts_by_the_servers_rule(fx_model, hf_tokenizer, hf_tokenizer_as_text, monkeypatch):
     from mlflow.exceptions import MlflowException
 
     from registry.errors import UsageError
@@ -194,10 +173,10 @@ def test_a_served_model_reads_prompts_by_the_servers_rule(fx_model, hf, hf_as_te
     served = GPT2PyFunc()
     served.lm = fx_model
     prompt = "<|endoftext|>" * 200  # too long under either rule: the refusal gives the count
-    with pytest.raises(MlflowException, match=f"prompt 1 has {len(hf.encode(prompt).ids)} tokens"):
+    with pytest.raises(MlflowException, match=f"prompt 1 has {len(hf_tokenizer.encode(prompt).ids)} tokens"):
         served.predict(None, [prompt])
     monkeypatch.setenv(RULE, "text")
-    with pytest.raises(MlflowException, match=f"prompt 1 has {len(hf_as_text.encode(prompt).ids)} tokens"):
+    with pytest.raises(MlflowException, match=f"prompt 1 has {len(hf_tokenizer_as_text.encode(prompt).ids)} tokens"):
         served.predict(None, [prompt])
     monkeypatch.setenv(RULE, "plain")
     with pytest.raises(UsageError, match=RULE):
