@@ -59,3 +59,25 @@ def test_an_int8_base_keeps_its_kernels_frozen_and_int8():
     assert trainable and all("lora" in w.path for w in trainable)
     query = next(l for l in lora._weighted_layers(lm.backbone) if l.name == "query")
     assert query.quantization_mode == "int8" and "int8" in str(query._kernel.dtype)
+
+
+@pytest.mark.parametrize("base_quantization", [None, "int8"])
+@pytest.mark.parametrize("targets", ["attention", "all"])
+def test_every_decoder_computes_the_adapted_model(targets, base_quantization):
+    """The decoders read kernels instead of calling the layers: each must see the update of every
+    kind of adapted layer (fused query/key/value, attention output, the feed-forward pair and its GELU)."""
+    from backends.decoding import decoder_for
+
+    lm = tiny()
+    plain = logits(lm)
+    lora.enable(lm, rank=4, alpha=8, targets=targets, base_quantization=base_quantization)
+    rng = np.random.default_rng(1)
+    for layer in lora._weighted_layers(lm.backbone):
+        if hasattr(layer, "gpt2reg_lora_b"):
+            layer.gpt2reg_lora_b.assign(rng.normal(size=layer.gpt2reg_lora_b.shape) * 0.1)
+    adapted = logits(lm)[0, -1]
+    assert np.abs(adapted - plain[0, -1]).max() > 0.05  # the update moved the logits
+    runtimes = ["keras", "onnx"] + (["litert"] if base_quantization is None else [])
+    for runtime in runtimes:
+        decoded = decoder_for(lm, runtime=runtime).start([PROBE[0].tolist()], max_new_tokens=1).logits[0]
+        np.testing.assert_allclose(decoded, adapted, atol=1e-4, err_msg=runtime)
