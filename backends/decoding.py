@@ -38,20 +38,9 @@ import numpy as np
 
 from backends import lora
 from backends.configs import GENERATION_RUNTIMES as RUNTIMES
+from backends.decode_buckets import CACHE_BUCKET, PROMPT_BUCKET, round_up
 
 import tensorflow as tf  # noqa: E402
-
-# A cache holds every position a call can reach, rounded up to this many, so
-# calls of nearby lengths share one compiled function (SPEC: KerasHub recompiles
-# for every new length). Prompts are padded to a multiple of PROMPT_BUCKET.
-CACHE_BUCKET = 64
-PROMPT_BUCKET = 16
-
-
-def round_up(value: int, multiple: int, limit: int | None = None) -> int:
-    rounded = -(-value // multiple) * multiple
-    return min(rounded, limit) if limit is not None else rounded
-
 
 class _Bucket:
     """The cache of one (batch size, cache length) and the compiled functions that use it.

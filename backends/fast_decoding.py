@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.decoding import CACHE_BUCKET, PROMPT_BUCKET, round_up
+from backends.decode_buckets import CACHE_BUCKET, PROMPT_BUCKET, round_up
 from registry.errors import UsageError
 
 BLOCKED = np.float32(-1e9)  # the attention bias of a slot a token may not see
@@ -459,7 +459,7 @@ def next_token_log_probs(decoder, ids: list[int]) -> np.ndarray:
     Works with any decoder of `backends.decoding.decoder_for`; it scores a text
     through the cache exactly as generation uses it.
     """
-    from backends.generation import log_softmax
+    from backends.logits_processors import log_softmax
 
     with decoder.lock:
         state = decoder.start([list(ids[:1])], max_new_tokens=len(ids) - 1)

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 
@@ -33,6 +34,8 @@ import numpy as np
 
 from backends.configs import END_OF_TEXT_ID
 from backends.configs import GENERATION_RUNTIMES as RUNTIMES
+from backends.logits_processors import (apply_repetition_penalty, banned_by_ngrams, log_softmax, softmax,
+                                        top_k_filter, top_p_filter)
 
 SAMPLERS = ("greedy", "beam", "top_k", "top_p", "random", "contrastive")
 CONTRASTIVE_TOP_K = 5  # KerasHub's ContrastiveSampler default
@@ -163,63 +166,6 @@ def _known(settings: dict) -> dict:
         stops = settings["stop"]
         settings["stop"] = (stops,) if isinstance(stops, str) else tuple(stops)
     return settings
-
-
-# -- logits processors (numpy, one row at a time) ---------------------------
-
-
-def apply_repetition_penalty(logits: np.ndarray, seen: list[int], penalty: float) -> np.ndarray:
-    """Every token already in the prompt or output: positive logits divided by `penalty`, negative multiplied."""
-    if penalty == 1.0 or not seen:
-        return logits
-    ids = np.unique(np.asarray(seen))
-    chosen = logits[ids]
-    logits[ids] = np.where(chosen > 0, chosen / penalty, chosen * penalty)
-    return logits
-
-
-def banned_by_ngrams(history: list[int], size: int) -> set[int]:
-    """Tokens that would repeat an n-gram of `size` already in `history` (prompt and output)."""
-    if size <= 0 or len(history) + 1 < size:
-        return set()
-    if size == 1:
-        return set(history)
-    prefix = tuple(history[len(history) - size + 1:])
-    return {history[i + size - 1] for i in range(len(history) - size + 1) if tuple(history[i:i + size - 1]) == prefix}
-
-
-def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
-    """Keep the k largest logits (ties at the boundary kept too); the rest become -inf."""
-    if k >= logits.shape[-1]:
-        return logits
-    threshold = np.partition(logits, -k)[-k]
-    return np.where(logits >= threshold, logits, -np.inf)
-
-
-def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
-    """Keep the smallest set of most likely tokens whose probability reaches p."""
-    if p >= 1.0:
-        return logits
-    order = np.argsort(-logits, kind="stable")
-    probabilities = softmax(logits[order].astype(np.float64))
-    cumulative = np.cumsum(probabilities)
-    kept = int(np.searchsorted(cumulative, p, side="left")) + 1  # first index whose total reaches p
-    filtered = np.full_like(logits, -np.inf)
-    keep = order[: min(kept, len(order))]
-    filtered[keep] = logits[keep]
-    return filtered
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    finite = logits[np.isfinite(logits)]
-    shifted = np.exp(logits - (finite.max() if finite.size else 0.0))
-    return shifted / shifted.sum()
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    finite_max = np.max(logits[np.isfinite(logits)])
-    shifted = logits - finite_max
-    return shifted - np.log(np.sum(np.exp(shifted)))
 
 
 def process(logits: np.ndarray, history: list[int], generated: int, config: GenerationConfig) -> np.ndarray:
@@ -561,3 +507,11 @@ def _beam_result(hypotheses, config: GenerationConfig) -> Generation:
     best = described[0]
     return Generation(best["token_ids"], best["text"], best["finish_reason"],
                       described if config.return_all_beams else [])
+
+
+def greedy_tokens_per_second(lm, prompt_ids: list[int], new_tokens: int = 32) -> float:
+    """Batch-1 greedy decoding speed, after one warm-up call that traces the step."""
+    generate(lm, [prompt_ids], max_new_tokens=4, sampler="greedy")
+    started = time.perf_counter()
+    result = generate(lm, [prompt_ids], max_new_tokens=new_tokens, sampler="greedy")[0]
+    return len(result.token_ids) / (time.perf_counter() - started)

@@ -34,8 +34,7 @@ import os
 import re
 from pathlib import Path
 
-from registry.errors import UsageError
-from registry.references import shown
+from registry.errors import UsageError, shown
 
 # Formats that load by unpickling: reading one runs the code it names.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")

@@ -1,4 +1,4 @@
-"""Keras-native quantization of a KerasHub GPT-2, and the figures that judge it.
+"""Keras-native quantization of a KerasHub GPT-2.
 
 Weight-only modes go through `Model.quantize` on the backbone (KerasHub's
 tokenizer layer cannot be quantized before first use): `int8`, `int4`,
@@ -12,8 +12,6 @@ Example:
 """
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 
@@ -105,13 +103,3 @@ def _save_every_variable(layer) -> None:
             index += 1
 
     object.__setattr__(layer, "save_own_variables", save_own_variables)
-
-
-def greedy_tokens_per_second(lm, prompt_ids: list[int], new_tokens: int = 32) -> float:
-    """Batch-1 greedy decoding speed, after one warm-up call that traces the step."""
-    from backends import generation
-
-    generation.generate(lm, [prompt_ids], max_new_tokens=4, sampler="greedy")
-    started = time.perf_counter()
-    result = generation.generate(lm, [prompt_ids], max_new_tokens=new_tokens, sampler="greedy")[0]
-    return len(result.token_ids) / (time.perf_counter() - started)

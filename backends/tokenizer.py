@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 
 from backends.configs import END_OF_TEXT_ID
-from registry.errors import UsageError
+from registry.errors import UsageError, shown
 
 END_OF_TEXT = "<|endoftext|>"
 SPECIAL_TOKEN_STRINGS = (END_OF_TEXT,)
@@ -79,8 +79,6 @@ def special_tokens_rule() -> str:
     if value == "":
         return SPECIAL
     if value not in SPECIAL_TOKEN_RULES:
-        from registry.references import shown
-
         raise UsageError(f"{SPECIAL_TOKENS_VARIABLE}={shown(value)} is not a known setting; set it to "
                          f"{SPECIAL!r} (<|endoftext|> in a text is the end-of-text token, as in transformers) "
                          f"or {TEXT!r} (it is plain text), or unset it")

@@ -632,6 +632,7 @@ def train_without_recording(base, data: Path, steps: int, *, on_step) -> None:
     from backends.configs import END_OF_TEXT_ID
     from plugins.finetune import XLA_FROM_PARAMETERS, Finetune
     from registry.capability import RunContext
+    from registry.plugins import load_plugins
     from registry.data import pack_blocks, read_texts, tokenize_documents
 
     defaults = Finetune.Options()
@@ -646,7 +647,7 @@ def train_without_recording(base, data: Path, steps: int, *, on_step) -> None:
         jit_compile=base.parameters >= XLA_FROM_PARAMETERS,
     )
     with tempfile.TemporaryDirectory(prefix="bench-run-") as workdir:
-        context = RunContext(variant=base, workdir=Path(workdir))
+        context = RunContext(variant=base, workdir=Path(workdir), hook=load_plugins().hook)
         with context.strategy().scope():
             lm = context.load_model(dtype=training.dtype_policy(defaults.precision))
             training.train(lm, blocks, plan, on_step=on_step)

@@ -35,9 +35,9 @@ def speed_prompt(context_length: int, new_tokens: int) -> tuple[list[int], int]:
 def keras_figures(lm, documents: list[list[int]], prompt: list[int], new_tokens: int) -> dict[str, float]:
     """Perplexity (Keras's arithmetic) and greedy tokens/s (as `generate` decodes it: through
     onnxruntime for float32 and int8 variants) of a `GPT2CausalLM`."""
-    from backends import quantization, scoring
+    from backends import generation, scoring
 
     return {
         "perplexity": scoring.score(lm, documents).perplexity,
-        "greedy_tokens_per_second": quantization.greedy_tokens_per_second(lm, prompt, new_tokens),
+        "greedy_tokens_per_second": generation.greedy_tokens_per_second(lm, prompt, new_tokens),
     }

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from registry.errors import RegistryError, UsageError
+from registry.errors import RegistryError, UsageError, one_line
 
 
 @dataclass
@@ -116,6 +116,9 @@ class RunContext:
     progress: Progress = lambda **fields: None
     device: str = "auto"
     checkpoints: Path | None = None  # the home's checkpoint folder, for resumable work
+    # The plugin manager's hook relay (`registry.plugins.load_plugins().hook`), passed by the core:
+    # the contract a plugin implements sits below the manager that loads plugins, so it does not import it.
+    hook: Any = None
 
     def load_model(self, dtype: str | None = None):
         """The parent variant as a KerasHub ``GPT2CausalLM`` (``dtype``: a Keras dtype policy)."""
@@ -134,7 +137,6 @@ class RunContext:
     def parent_preset(self) -> Path:
         """The parent variant's KerasHub preset folder, checked against its recorded hash."""
         from registry import artifacts
-        from registry.errors import RegistryError
 
         path = self.variant._registry.preset_path(self.variant)
         if artifacts.content_hash(path) != self.variant.content_hash:
@@ -149,9 +151,10 @@ class RunContext:
 
     def strategy(self):
         """The ``tf.distribute`` strategy the ``select_strategy`` hook picks for ``device``."""
-        from registry.plugins import load_plugins
-
-        strategy = load_plugins().hook.select_strategy(device=self.device)
+        if self.hook is None:
+            raise RegistryError("this RunContext was made without the plugins' hooks, which pick a device strategy: "
+                                "pass hook=registry.plugins.load_plugins().hook")
+        strategy = self.hook.select_strategy(device=self.device)
         if strategy is None:
             raise UsageError(f"no plugin provides device {self.device!r}; use auto, cpu, gpu, multi-gpu, multiworker or tpu")
         return strategy
@@ -209,8 +212,6 @@ class CapabilityFailed(RegistryError):
     """
 
     def __init__(self, plugin: str | None, capability: str, error: BaseException):
-        from registry.plugins import one_line
-
         who = f"plugin {plugin!r} failed in capability {capability!r}" if plugin else f"capability {capability!r} failed"
         super().__init__(f"{who}: {one_line(error)}")
         self.plugin = plugin

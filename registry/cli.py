@@ -17,6 +17,7 @@ import click
 
 from registry.capability import CapabilityFailed, CapabilityResult
 from registry.errors import NotFoundError, RegistryError, UsageError
+from registry.rendering import console, human_size, lineage_tree, variant_table
 
 
 # ---------------------------------------------------------------- shared options
@@ -74,12 +75,6 @@ def emit(document, human=None) -> None:
         human()
     else:
         click.echo(json.dumps(document, indent=2, default=str))
-
-
-def console():
-    from rich.console import Console
-
-    return Console(highlight=False)
 
 
 # ---------------------------------------------------------------- checks before the heavy imports
@@ -200,52 +195,6 @@ def main(argv=None) -> None:
 # ---------------------------------------------------------------- store commands
 
 
-VARIANT_COLUMNS = ("ref", "operation", "parents", "parameters", "size", "perplexity", "content hash")
-# When the table is wider than the terminal (80 columns when piped), whole columns go, least useful
-# first, rather than every cell being cut; the reference is what a user types next, so it always stays.
-DROPPED_FIRST = ("content hash", "parents", "parameters", "size", "operation", "perplexity")
-
-
-def _variant_table(variants, title=None):
-    """The variants as a table that fits the terminal with every cell whole."""
-    from rich.table import Table
-
-    rows = []
-    for v in variants:
-        perplexity = v.metrics.get("perplexity")
-        rows.append(dict(zip(VARIANT_COLUMNS, (
-            v.ref, v.operation, ", ".join(v.parents) or "-", f"{v.parameters:,}", human_size(v.size_bytes),
-            f"{perplexity:,.2f}" if perplexity is not None else "-", v.content_hash[:12],
-        ))))
-    out = console()
-    width = out.width
-    unbounded = out.options.update_width(1_000_000)
-    longest_ref = max((len(row["ref"]) for row in rows), default=0)
-    columns = list(VARIANT_COLUMNS)
-    dropped = iter(DROPPED_FIRST)
-    while True:
-        table = Table(title=title)
-        for column in columns:
-            is_ref = column == "ref"
-            # Should even the reference alone not fit, it folds onto more lines rather than lose characters.
-            table.add_column(column, justify="right" if column in ("parameters", "size", "perplexity") else "left",
-                             no_wrap=not is_ref, overflow="fold" if is_ref else "ellipsis",
-                             min_width=longest_ref if is_ref and len(columns) > 1 else None)
-        for row in rows:
-            table.add_row(*(row[column] for column in columns))
-        if out.measure(table, options=unbounded).maximum <= width or len(columns) == 1:
-            return table
-        columns.remove(next(dropped))
-
-
-def human_size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return str(size)
-
-
 @cli.command()
 @common
 def init():
@@ -281,7 +230,7 @@ def import_(name, source):
 
 
 def _emit_variant(variant):
-    emit(variant.to_dict(), lambda: console().print(_variant_table([variant])))
+    emit(variant.to_dict(), lambda: console().print(variant_table([variant])))
 
 
 @cli.command("list")
@@ -308,7 +257,7 @@ def list_(name, best_metric, max_size_mb, max_parameters):
     else:
         variants = reg.list(name)
     emit({"variants": [v.to_dict() for v in variants]},
-         lambda: console().print(_variant_table(variants)) if variants else click.echo("no variants yet"))
+         lambda: console().print(variant_table(variants)) if variants else click.echo("no variants yet"))
 
 
 @cli.command()
@@ -324,7 +273,7 @@ def show(ref):
 
     def human():
         out = console()
-        out.print(_variant_table([variant]))
+        out.print(variant_table([variant]))
         out.print(f"aliases: {', '.join(document['aliases']) or '-'}")
         out.print(f"MLflow: {variant.uri} (run {variant.run_id})")
         out.print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(variant.metrics.items())))
@@ -339,42 +288,6 @@ def lineage(ref):
     """Print the family tree of REF: ancestors and descendants with their metrics."""
     graph = open_registry().lineage(ref)
     emit(graph, lambda: console().print(lineage_tree(graph)))
-
-
-def lineage_tree(graph):
-    from rich.tree import Tree
-
-    nodes = {n["ref"]: n for n in graph["nodes"]}
-    children: dict[str, list] = {}
-    has_parent = set()
-    for edge in graph["edges"]:
-        children.setdefault(edge["parent"], []).append(edge)
-        has_parent.add(edge["child"])
-
-    def label(node, edge=None):
-        perplexity = node["metrics"].get("perplexity")
-        text = f"[bold]{node['ref']}[/bold] ({node['operation']})  size {human_size(node['size_bytes'])}"
-        if perplexity is not None:
-            text += f"  perplexity {perplexity:,.2f}"
-        if edge and "perplexity" in edge["metric_deltas"]:
-            text += f" ({edge['metric_deltas']['perplexity']:+,.2f})"
-        if node["ref"] == graph["root"]:
-            text += "  ◀"
-        return text
-
-    tree = Tree(f"lineage of {graph['root']}")
-
-    def add(branch, ref, seen):
-        for edge in children.get(ref, []):
-            if edge["child"] in seen:
-                continue
-            child_branch = branch.add(label(nodes[edge["child"]], edge))
-            add(child_branch, edge["child"], seen | {edge["child"]})
-
-    for ref, node in nodes.items():
-        if ref not in has_parent:
-            add(tree.add(label(node)), ref, {ref})
-    return tree
 
 
 @cli.command()
@@ -566,7 +479,7 @@ def _train(capability: str, ref: str, *, name, device, data, val_data, **options
     metrics = variant.metrics
 
     def human():
-        console().print(_variant_table([variant]))
+        console().print(variant_table([variant]))
         if "trainable_parameters" in metrics:
             click.echo(f"trained {int(metrics['trainable_parameters']):,} of {int(metrics['total_parameters']):,} "
                        f"weights ({100 * metrics['trainable_share']:.2f}%)")
@@ -650,7 +563,7 @@ def quantize(ref, mode, calibration, calibration_samples, eval_data, new_tokens,
     metrics = variant.metrics
 
     def human():
-        console().print(_variant_table([variant]))
+        console().print(variant_table([variant]))
         click.echo(f"{mode}: {variant.size_bytes:,} bytes; perplexity {metrics['perplexity']:,.2f}; "
                    f"greedy {metrics['greedy_tokens_per_second']:.1f} tokens/s ({metrics['speedup']:.2f}x the parent)")
 
@@ -676,7 +589,7 @@ def export(ref, format_, out, quantize, eval_data, new_tokens, name):
     metrics = variant.metrics
 
     def human():
-        console().print(_variant_table([variant]))
+        console().print(variant_table([variant]))
         click.echo(f"{format_} ({variant.tags.get('weights')}) in {out}: {variant.size_bytes:,} bytes; "
                    f"largest logit difference {metrics['max_abs_logit_diff']:.2e}, top-1 agreement "
                    f"{metrics['top1_agreement']:.1%}; perplexity {metrics['perplexity']:,.2f}; "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from registry.errors import NotFoundError, UsageError
+from registry.errors import NotFoundError, UsageError, shown
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 
@@ -53,8 +53,6 @@ def check_path(raw, option: str) -> Path:
     backslashes (a Windows separator, an ordinary character here), and names or paths longer than
     the file system holds.
     """
-    from registry.references import shown
-
     if isinstance(raw, os.PathLike):
         raw = os.fspath(raw)
     if not isinstance(raw, str):

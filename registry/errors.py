@@ -1,7 +1,16 @@
-"""Exceptions the CLI maps to exit codes.
+"""Exceptions the CLI maps to exit codes, and the two helpers that keep their messages on one line.
 
 `UsageError` is bad usage or bad input: the user can fix it. The CLI prints its
 message on one line and exits 2. `RegistryError` is any other failure (exit 1).
+
+Every layer raises these, `backends` included: this is the one module of
+`registry` that `backends` may import (see `[tool.importlinter]` in pyproject.toml).
+
+Example:
+    >>> shown(42)
+    'int 42'
+    >>> one_line(ValueError("no such file"))
+    'ValueError: no such file'
 """
 
 
@@ -31,3 +40,21 @@ class RunFailed(RegistryError):
 
 class NotFoundError(UsageError):
     """A reference, file or plugin that does not exist."""
+
+
+SHOWN_CHARACTERS = 60  # of a refused input, so that the one-line message stays readable
+
+
+def shown(text) -> str:
+    """`text` quoted for a one-line message: escapes visible, and cut when long."""
+    if not isinstance(text, str):
+        return f"{type(text).__name__} {ascii(text)[:SHOWN_CHARACTERS]}"
+    if len(text) <= SHOWN_CHARACTERS:
+        return ascii(text)
+    return f"{text[:SHOWN_CHARACTERS]!a}... ({len(text):,} characters)"
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: message`` on one line, for error messages and the `plugins` table."""
+    message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

@@ -32,6 +32,7 @@ from typing import Any
 import pluggy
 
 from registry import hookspecs
+from registry.errors import one_line
 
 DEFAULT_PLUGINS = (
     "plugins.tokenize",
@@ -87,12 +88,6 @@ def _wanted() -> set[str] | None:
     if value is None:
         return None
     return {name.strip() for name in value.split(",") if name.strip()}
-
-
-def one_line(error: BaseException) -> str:
-    """``Type: message`` on one line, for error messages and the `plugins` table."""
-    message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def load_plugins() -> pluggy.PluginManager:

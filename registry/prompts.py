@@ -25,7 +25,7 @@ import string
 from dataclasses import dataclass
 from typing import Callable
 
-from registry.errors import UsageError
+from registry.errors import UsageError, shown
 
 SHOT_SEPARATOR = "\n\n"
 ANSWER = "answer"
@@ -88,8 +88,6 @@ class Template:
     def _render(self, text: str, values: dict, where: str) -> str:
         missing = [name for name in _fields_of(text) if name not in values]
         if missing:
-            from registry.references import shown
-
             available = shown(", ".join(sorted(map(str, values)))) if values else "none"  # the user's keys, escaped
             raise UsageError(f"{self.source}: {where} has no value for {', '.join('{' + m + '}' for m in missing)}; "
                              f"give it (fields available: {available})")

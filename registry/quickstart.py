@@ -88,7 +88,7 @@ def run_quickstart(reg, *, name: str = "quickstart", steps: int | None = None, h
     say("8/8 lineage")
     graph = reg.lineage(merged)
     if show_tree:
-        from registry.cli import console, lineage_tree
+        from registry.rendering import console, lineage_tree
 
         console().print(lineage_tree(graph))
     seconds = time.perf_counter() - started

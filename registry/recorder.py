@@ -23,16 +23,18 @@ import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from registry import artifacts, serving
+from registry.artifacts import MANIFEST, MODEL_ARTIFACT, weights_path
 from registry.capability import CapabilityResult
 from registry.tracking import TAG_PREFIX
+from registry.variant import Variant
 
 if TYPE_CHECKING:
-    from registry.sdk import Registry, Variant
-
-from registry.artifacts import MANIFEST, MODEL_ARTIFACT, weights_path
+    from registry.home import Home
+    from registry.lineage import LineageStore, LineageVariant
+    from registry.tracking import Tracker
 
 CHILDREN_DRAWN = 24  # a parent's picture shows its newest children; the others become one "+N more" node
 log = logging.getLogger(__name__)
@@ -55,8 +57,27 @@ def metric_deltas(child: dict[str, float], parent: dict[str, float]) -> dict[str
     }
 
 
+class TargetRegistry(Protocol):
+    """What the recorder uses of the registry it records into; `registry.sdk.Registry` is one.
+
+    Declared here rather than imported: the SDK calls the recorder, so the recorder may not import the SDK.
+    """
+
+    home: Home
+
+    @property
+    def tracker(self) -> Tracker: ...
+
+    @property
+    def lineage_store(self) -> LineageStore: ...
+
+    def lineage(self, variant: Variant, *, descendants: bool = True) -> dict[str, Any]: ...
+
+    def _variant(self, row: LineageVariant) -> Variant: ...
+
+
 class Recorder:
-    def __init__(self, registry: "Registry"):
+    def __init__(self, registry: TargetRegistry):
         self.registry = registry
 
     def record(
@@ -174,8 +195,7 @@ class Recorder:
         ``failure`` is any exception: a `RunFailed` carries what the capability measured
         (``result``); a `CapabilityFailed` names the plugin, kept as a tag.
         """
-        from registry.errors import RegistryError
-        from registry.plugins import one_line
+        from registry.errors import RegistryError, one_line
 
         tracker = self.registry.tracker
         result = getattr(failure, "result", None)

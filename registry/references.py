@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from registry.errors import UsageError
+from registry.errors import UsageError, shown
 
 MAX_NAME_LENGTH = 100
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -21,7 +21,6 @@ ALIAS_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,99}")
 RESERVED_ALIASES = re.compile(r"(latest|v\d+)", re.IGNORECASE)
 # MLflow stores versions as integers; a larger number can name no version and overflows SQL integers.
 MAX_VERSION = 2**31 - 1
-SHOWN_CHARACTERS = 60  # of a refused input, so that the one-line message stays readable
 
 
 @dataclass(frozen=True)
@@ -36,15 +35,6 @@ class Reference:
         if self.alias is not None:
             return f"{self.name}@{self.alias}"
         return self.name
-
-
-def shown(text) -> str:
-    """`text` quoted for a one-line message: escapes visible, and cut when long."""
-    if not isinstance(text, str):
-        return f"{type(text).__name__} {ascii(text)[:SHOWN_CHARACTERS]}"
-    if len(text) <= SHOWN_CHARACTERS:
-        return ascii(text)
-    return f"{text[:SHOWN_CHARACTERS]!a}... ({len(text):,} characters)"
 
 
 def check_name(name: str) -> str:

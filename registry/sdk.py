@@ -17,74 +17,17 @@ import shutil
 import tempfile
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from registry import references
 from registry.capability import CapabilityResult, RunContext, sample_generations
-from registry.errors import NotFoundError, RegistryError, UsageError
+from registry.errors import NotFoundError, RegistryError, UsageError, shown
 from registry.home import Home
 from registry.lineage import LineageVariant
+from registry.variant import Variant
 
 KERAS_LOADABLE_EXPORTS = ("keras", "hf")  # export formats that are also KerasHub-loadable checkpoints
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One registered model version (`NAME/VERSION`) with its lineage facts."""
-
-    name: str
-    version: int
-    kind: str
-    operation: str
-    parents: tuple[str, ...]
-    parameters: int
-    size_bytes: int
-    content_hash: str
-    run_id: str | None
-    artifact_uri: str | None
-    metrics: dict[str, float]
-    config: dict[str, Any]
-    tags: dict[str, str]
-    created_at: Any
-    _registry: "Registry" = field(repr=False, compare=False, default=None)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}/{self.version}"
-
-    @property
-    def uri(self) -> str:
-        """The MLflow model URI: `mlflow.pyfunc.load_model(v.uri)`."""
-        return f"models:/{self.name}/{self.version}"
-
-    @property
-    def parent(self) -> str | None:
-        return self.parents[0] if self.parents else None
-
-    def load(self):
-        """The variant as a KerasHub `GPT2CausalLM`."""
-        return self._registry.load(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ref": self.ref,
-            "name": self.name,
-            "version": self.version,
-            "kind": self.kind,
-            "operation": self.operation,
-            "parents": list(self.parents),
-            "parameters": self.parameters,
-            "size_bytes": self.size_bytes,
-            "content_hash": self.content_hash,
-            "metrics": dict(self.metrics),
-            "config": dict(self.config),
-            "tags": dict(self.tags),
-            "run_id": self.run_id,
-            "uri": self.uri,
-            "created_at": self.created_at.isoformat() if self.created_at else None,
-        }
 
 
 def _disk_full(error: BaseException | None) -> bool:
@@ -209,7 +152,6 @@ class Registry:
         import re
 
         from registry.artifacts import MANIFEST, weights_path
-        from registry.references import shown
         from registry.tracking import local_path
 
         variant = self.get(variant)
@@ -533,7 +475,7 @@ class Registry:
                 self.init()
                 with self._staging() as staging:
                     context = RunContext(variant=parent, workdir=staging, progress=self._progress, device=device,
-                                         checkpoints=self.home.checkpoints)
+                                         checkpoints=self.home.checkpoints, hook=plugins.load_plugins().hook)
                     chief = _is_chief(device)
                     if not chief:
                         # Every worker trains its share; only the chief writes checkpoints and records.
@@ -561,7 +503,8 @@ class Registry:
                         shutil.rmtree(folder, ignore_errors=True)
             else:
                 with tempfile.TemporaryDirectory(prefix="gpt2reg-") as scratch:
-                    context = RunContext(variant=parent, workdir=Path(scratch), progress=self._progress, device=device)
+                    context = RunContext(variant=parent, workdir=Path(scratch), progress=self._progress, device=device,
+                                         hook=plugins.load_plugins().hook)
                     with plugin_code(provider, capability):
                         result = check_result(cap, cap.run(context, **checked))
                 new = None

@@ -25,7 +25,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from registry.errors import UsageError
+from registry.errors import UsageError, shown
 
 MULTIPLE_CHOICE, GENERATION, LAST_WORD = "multiple_choice", "generation", "last_word"
 # What MLflow takes in a metric key, less '/': a task name must not add a folder to its table's path.
@@ -35,8 +35,6 @@ TASK_NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._ -]{0,98}[A-Za-z0-9_-
 def check_task_name(name: str, given_as: str = "--task-name") -> str:
     """A task's name prefixes its metric keys and names its MLflow table file, so it is held to
     model-name rules: no path steps, separators or characters MLflow refuses in a metric key."""
-    from registry.references import shown
-
     if not isinstance(name, str) or not TASK_NAME_PATTERN.fullmatch(name) or ".." in name:
         raise UsageError(f"task name {shown(name)} ({given_as}) cannot name metrics: use 1-100 ASCII letters, digits, "
                          "spaces, '.', '_' or '-' without '..'; give --task-name NAME")
@@ -81,8 +79,6 @@ def _kind_of(record: dict) -> str | None:
 def _example(record: dict, line: int, where: str) -> Example:
     kind = _kind_of(record)
     if kind is None:
-        from registry.references import shown
-
         keys = shown(", ".join(sorted(record))) if record else "none"  # keys are the file's text: shown escaped
         raise UsageError(f"{where}: expected {{\"prompt\", \"choices\", \"answer\"}}, {{\"prompt\", \"answer\"}} "
                          f"or {{\"text\"}}; got keys {keys}")
