@@ -39,6 +39,7 @@ import numpy as np
 from backends import lora
 from backends.configs import GENERATION_RUNTIMES as RUNTIMES
 from backends.decode_buckets import CACHE_BUCKET, PROMPT_BUCKET, round_up
+from backends.decoder import Decoder
 
 import tensorflow as tf  # noqa: E402
 
@@ -66,7 +67,7 @@ class _Bucket:
 
 
 @dataclass
-class DecodeState:
+class CompiledState:
     """The positions and latest outputs of one batch being decoded, and its cache."""
 
     bucket: _Bucket
@@ -85,7 +86,7 @@ class DecodeState:
 
 
 class CompiledDecoder:
-    """Prefill and single-token steps over a KerasHub `GPT2CausalLM`'s weights."""
+    """Prefill and single-token steps over a KerasHub `GPT2CausalLM`'s weights (a `backends.decoder.Decoder`)."""
 
     def __init__(self, lm, *, jit_compile: bool = True):
         backbone = lm.backbone
@@ -232,10 +233,10 @@ class CompiledDecoder:
             self._buckets[key] = _Bucket(self, batch_size, cache_length, self._jit_compile)
         return self._buckets[key]
 
-    def cache_length_for(self, longest_prompt: int, max_new_tokens: int) -> int:
-        return round_up(longest_prompt + max_new_tokens, CACHE_BUCKET, self.max_positions)
+    def cache_length_for(self, prompt_length: int, max_new_tokens: int) -> int:
+        return round_up(prompt_length + max_new_tokens, CACHE_BUCKET, self.max_positions)
 
-    def start(self, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
+    def start(self, prompts: list[list[int]], max_new_tokens: int) -> CompiledState:
         """Run the prompts (each non-empty) through the model; ready for the first new token."""
         lengths = np.array([len(p) for p in prompts], dtype="int32")
         longest = int(lengths.max())
@@ -248,10 +249,10 @@ class CompiledDecoder:
             tokens[row, : len(prompt)] = prompt
         bucket = self.bucket(len(prompts), cache_length)
         logits, hidden, prompt_hidden = bucket.prefill(tf.constant(tokens), tf.constant(lengths))
-        return DecodeState(bucket=bucket, positions=lengths.copy(), logits=logits.numpy(),
+        return CompiledState(bucket=bucket, positions=lengths.copy(), logits=logits.numpy(),
                            hidden=hidden.numpy(), prompt_hidden=prompt_hidden.numpy())
 
-    def step(self, state: DecodeState, tokens) -> tuple[np.ndarray, np.ndarray]:
+    def step(self, state: CompiledState, tokens) -> tuple[np.ndarray, np.ndarray]:
         """Feed one token per row; the state's logits and hidden become the next token's."""
         if int(state.positions.max()) >= state.cache_length:
             raise ValueError("the cache is full")
@@ -261,7 +262,7 @@ class CompiledDecoder:
         state.logits, state.hidden = logits.numpy(), hidden.numpy()
         return state.logits, state.hidden
 
-    def reorder(self, state: DecodeState, rows) -> None:
+    def reorder(self, state: CompiledState, rows) -> None:
         """Row i of the cache becomes a copy of row `rows[i]` (beam search's parents)."""
         rows = np.asarray(rows, dtype="int32")
         state.bucket.reorder(tf.constant(rows))
@@ -277,7 +278,7 @@ class CompiledDecoder:
 XLA_FROM_PARAMETERS = 100_000_000
 
 
-def decoder_for(lm, xla: bool | None = None, runtime: str = "auto"):
+def decoder_for(lm, xla: bool | None = None, runtime: str = "auto") -> Decoder:
     """The model's decoder for `runtime`, built on first use and kept with the model.
 
     `runtime`: ``keras`` (`CompiledDecoder`), ``onnx`` or ``litert``

@@ -34,13 +34,14 @@ import json
 import math
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from backends import keras_gpt2
 from backends.configs import END_OF_TEXT_ID, export_options_problem
+from backends.decoding_speed import tokens_per_second
+from backends.runtime_sessions import LiteRTSession, OnnxSession
 from registry.errors import UsageError
 
 import keras  # noqa: E402
@@ -299,28 +300,20 @@ class _LiteRTRuntime(Runtime):
     format = "tflite"
 
     def __init__(self, folder):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.interpreter = Interpreter(model_path=str(Path(folder) / FILE_NAMES["tflite"]))
-        self.runner = self.interpreter.get_signature_runner("score")
+        self.session = LiteRTSession(Path(folder) / FILE_NAMES["tflite"], "score")
 
     def logits(self, token_ids):
-        return self.runner(token_ids=np.asarray(token_ids, dtype="int32"))["logits"]
+        return self.session.run({"token_ids": np.asarray(token_ids, dtype="int32")})["logits"]
 
 
 class _OnnxRuntime(Runtime):
     format = "onnx"
 
     def __init__(self, folder):
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3  # warnings about unused initializers are noise here
-        self.session = onnxruntime.InferenceSession(str(Path(folder) / FILE_NAMES["onnx"]), options,
-                                                    providers=["CPUExecutionProvider"])
+        self.session = OnnxSession(Path(folder) / FILE_NAMES["onnx"])
 
     def logits(self, token_ids):
-        return self.session.run(["logits"], {"token_ids": np.asarray(token_ids, dtype="int32")})[0]
+        return self.session.run({"token_ids": np.asarray(token_ids, dtype="int32")}, ["logits"])["logits"]
 
 
 def open_runtime(folder, fmt: str) -> Runtime:
@@ -347,8 +340,5 @@ def runtime_perplexity(runtime: Runtime, documents: list[list[int]], context: in
 
 
 def greedy_tokens_per_second(runtime: Runtime, prompt: list[int], new_tokens: int) -> float:
-    """Batch-1 greedy speed, after one warm-up call (first-call compilation is not counted)."""
-    runtime.greedy(prompt, 2)
-    start = time.perf_counter()
-    runtime.greedy(prompt, new_tokens)
-    return new_tokens / (time.perf_counter() - start)
+    """Batch-1 greedy speed of an export, timed as a Keras model's is (`backends.decoding_speed`)."""
+    return tokens_per_second(runtime.greedy, prompt, new_tokens)

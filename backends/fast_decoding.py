@@ -3,8 +3,8 @@
 Keras's `int8` mode stores int8 weights but, on CPU, decodes slower than
 float32 (SPEC section 9). `RuntimeDecoder` decodes a KerasHub GPT-2 through a
 graph written for one runtime instead, with the same interface as
-`backends.decoding.CompiledDecoder` (so every sampler of
-`backends.generation` runs on it unchanged):
+`backends.decoding.CompiledDecoder` (`backends.decoder.Decoder`, so every
+sampler of `backends.generation` runs on it unchanged):
 
 - the graph (`backends.onnx_graph.build_decoder`) takes T new tokens, their
   per-row positions and an attention bias, and the key/value cache of every
@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from backends.decode_buckets import CACHE_BUCKET, PROMPT_BUCKET, round_up
+from backends.decoder import Decoder
+from backends.runtime_sessions import LiteRTSession, OnnxSession, cpu_threads
 from registry.errors import UsageError
 
 BLOCKED = np.float32(-1e9)  # the attention bias of a slot a token may not see
@@ -167,27 +169,13 @@ def _fused_low_rank(factors: list, widths: list[int]) -> tuple[np.ndarray, np.nd
 # -- runtimes ------------------------------------------------------------------
 
 
-def _threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-class _OnnxSession:
-    """An onnxruntime session of the decoder graph; inputs handed over without copies."""
+class _OnnxSession(OnnxSession):
+    """An onnxruntime session of the decoder graph, on every core this process may use."""
 
     suffix = ".onnx"
 
     def __init__(self, path: Path):
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = _threads()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.output_names = [output.name for output in self.session.get_outputs()]
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
+        super().__init__(path, threads=cpu_threads())
 
     @staticmethod
     def write(weights: ModelTensors, num_layers: int, num_heads: int, path: Path) -> None:
@@ -200,7 +188,7 @@ class _OnnxSession:
         onnx.save(model, str(path))
 
 
-class _LiteRTSession:
+class _LiteRTSession(LiteRTSession):
     """A LiteRT (TFLite) interpreter of the same decoder, converted from a TensorFlow function.
 
     The weights go through the converter's dynamic-range quantization when
@@ -212,13 +200,7 @@ class _LiteRTSession:
     suffix = ".tflite"
 
     def __init__(self, path: Path):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.interpreter = Interpreter(model_path=str(path), num_threads=_threads())
-        self.runner = self.interpreter.get_signature_runner("decode")
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.runner(**inputs)
+        super().__init__(path, "decode", threads=cpu_threads())
 
     @staticmethod
     def write(weights: ModelTensors, num_layers: int, num_heads: int, path: Path) -> None:
@@ -332,7 +314,7 @@ class RuntimeState:
 
 
 class RuntimeDecoder:
-    """Prefill and single-token steps through a runtime session (see the module docstring)."""
+    """Prefill and single-token steps through a runtime session (a `backends.decoder.Decoder`; see the module docstring)."""
 
     def __init__(self, session, *, num_layers: int, num_heads: int, hidden_dim: int, max_positions: int,
                  runtime: str, precision: str):
@@ -453,7 +435,7 @@ class RuntimeDecoder:
             state.prompt_hidden = state.prompt_hidden[rows]
 
 
-def next_token_log_probs(decoder, ids: list[int]) -> np.ndarray:
+def next_token_log_probs(decoder: Decoder, ids: list[int]) -> np.ndarray:
     """log p(ids[i] | ids[:i]) for i = 1..n-1, one decoding step per token (teacher forcing).
 
     Works with any decoder of `backends.decoding.decoder_for`; it scores a text

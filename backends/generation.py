@@ -1,4 +1,4 @@
-"""Text generation: every decoding strategy, stop strings and streaming, over `CompiledDecoder`.
+"""Text generation: every decoding strategy, stop strings and streaming, over a `backends.decoder.Decoder`.
 
 Prompts are token ids with no start token prepended (as Hugging Face does, so
 greedy output matches `transformers` token for token). A batch is padded only
@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 
@@ -34,6 +33,8 @@ import numpy as np
 
 from backends.configs import END_OF_TEXT_ID
 from backends.configs import GENERATION_RUNTIMES as RUNTIMES
+from backends.decoder import Decoder
+from backends.decoding_speed import tokens_per_second
 from backends.logits_processors import (apply_repetition_penalty, banned_by_ngrams, log_softmax, softmax,
                                         top_k_filter, top_p_filter)
 
@@ -281,7 +282,7 @@ class _Decoding:
 
         self.config = config
         self.prompts = _unconditional_as_end_of_text(prompts)
-        self.decoder = decoder_for(lm, config.xla, config.runtime)
+        self.decoder: Decoder = decoder_for(lm, config.xla, config.runtime)
         self.histories = [list(p) for p in self.prompts]
         self.generated: list[list[int]] = [[] for _ in self.prompts]
         self.trackers = [_TextTracker(config.stop) for _ in self.prompts]
@@ -400,7 +401,7 @@ def _beam_search(lm, prompts: list[list[int]], config: GenerationConfig) -> list
         return _beam_search_locked(decoder, _unconditional_as_end_of_text(prompts), config)
 
 
-def _beam_search_locked(decoder, prompts: list[list[int]], config: GenerationConfig) -> list[Generation]:
+def _beam_search_locked(decoder: Decoder, prompts: list[list[int]], config: GenerationConfig) -> list[Generation]:
     """Beam search with Hugging Face's scoring: a finished beam's score is its log-probability
     divided by (its new tokens) ** length_penalty; the search ends when no running beam can beat
     the worst of `num_beams` finished ones, or at `max_new_tokens`."""
@@ -510,8 +511,10 @@ def _beam_result(hypotheses, config: GenerationConfig) -> Generation:
 
 
 def greedy_tokens_per_second(lm, prompt_ids: list[int], new_tokens: int = 32) -> float:
-    """Batch-1 greedy decoding speed, after one warm-up call that traces the step."""
-    generate(lm, [prompt_ids], max_new_tokens=4, sampler="greedy")
-    started = time.perf_counter()
-    result = generate(lm, [prompt_ids], max_new_tokens=new_tokens, sampler="greedy")[0]
-    return len(result.token_ids) / (time.perf_counter() - started)
+    """Batch-1 greedy decoding speed as `generate` decodes (`backends.decoding_speed`: one warm-up
+    call traces the step first)."""
+
+    def greedy(prompt: list[int], count: int) -> list[int]:
+        return generate(lm, [prompt], max_new_tokens=count, sampler="greedy")[0].token_ids
+
+    return tokens_per_second(greedy, prompt_ids, new_tokens)
