@@ -64,7 +64,7 @@ def quantize_backbone(backbone, mode: str, config=None) -> None:
     gc.freeze()
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            backbone.quantize(mode, config=config) if config is not None else backbone.quantize(mode)
+            backbone.quantize(mode, config=config)
     finally:
         gc.unfreeze()
 

@@ -16,7 +16,7 @@ import sys
 import click
 
 from registry.capability import CapabilityFailed, CapabilityResult
-from registry.errors import NotFoundError, RegistryError, UsageError
+from registry.errors import RegistryError, UsageError
 from registry.rendering import console, human_size, lineage_tree, variant_table
 
 
@@ -84,16 +84,10 @@ def emit(document, human=None) -> None:
 
 def check_paths_exist(option: str, paths) -> None:
     """Each of `paths` (the values of `option`) names a file or folder that exists."""
-    from registry.data import check_path, path_kind
+    from registry.data import existing_data_path
 
     for raw in paths or ():
-        path = check_path(raw, option)
-        kind = path_kind(path, option)
-        if kind == "missing":
-            raise NotFoundError(f"{raw} does not exist; check the path given to {option}")
-        if kind == "other":
-            raise UsageError(f"{option} {raw} is a device, pipe or socket, not a file; "
-                             "give a text file, a folder or JSONL")
+        existing_data_path(raw, option)
 
 
 def check_device(device: str) -> None:

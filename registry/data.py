@@ -202,6 +202,17 @@ class TextData:
         return digest.hexdigest()[:16]
 
 
+def existing_data_path(raw, option: str) -> tuple[Path, str]:
+    """`raw` (a value of `option`) as a Path to a file or folder that exists, and which of the two it is."""
+    path = check_path(raw, option)
+    kind = path_kind(path, option)
+    if kind == "missing":
+        raise NotFoundError(f"{raw} does not exist; check the path given to {option}")
+    if kind == "other":
+        raise UsageError(f"{option} {raw} is a device, pipe or socket, not a file; give a text file, a folder or JSONL")
+    return path, kind
+
+
 def read_texts(paths: list[str], *, text_field: str = "text") -> TextData:
     """Documents from `.txt`-like files, folders of them, and JSONL (one `text_field` per line)."""
     if isinstance(paths, (str, os.PathLike)):
@@ -211,12 +222,7 @@ def read_texts(paths: list[str], *, text_field: str = "text") -> TextData:
     documents: list[str] = []
     sources: list[str] = []
     for raw in paths:
-        path = check_path(raw, "--data")
-        kind = path_kind(path, "--data")
-        if kind == "missing":
-            raise NotFoundError(f"data file {raw} does not exist; check the path given to --data")
-        if kind == "other":
-            raise UsageError(f"data {raw} is a device, pipe or socket, not a file; give a text file, a folder or JSONL")
+        path, kind = existing_data_path(raw, "--data")
         files = _folder_files(path, raw) if kind == "folder" else [path]
         if not files:
             raise UsageError(f"data folder {raw} holds no .txt, .md or .jsonl files")
