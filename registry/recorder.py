@@ -23,17 +23,18 @@ import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from registry import artifacts, serving
 from registry.artifacts import MANIFEST, MODEL_ARTIFACT, weights_path
 from registry.capability import CapabilityResult
 from registry.tracking import TAG_PREFIX
-from registry.variant import Variant
+from registry.lineage_graph import LineageEdge, LineageGraph, LineageNode, read_lineage
+from registry.variant import Variant, read_variant
 
 if TYPE_CHECKING:
     from registry.home import Home
-    from registry.lineage import LineageStore, LineageVariant
+    from registry.lineage import LineageStore
     from registry.tracking import Tracker
 
 CHILDREN_DRAWN = 24  # a parent's picture shows its newest children; the others become one "+N more" node
@@ -57,28 +58,18 @@ def metric_deltas(child: dict[str, float], parent: dict[str, float]) -> dict[str
     }
 
 
-class TargetRegistry(Protocol):
-    """What the recorder uses of the registry it records into; `registry.sdk.Registry` is one.
+class Recorder:
+    """Records into one home's stores: its MLflow tracker and its lineage store.
 
-    Declared here rather than imported: the SDK calls the recorder, so the recorder may not import the SDK.
+    ``loader`` is handed to the variants it returns, for `Variant.load()`.
     """
 
-    home: Home
-
-    @property
-    def tracker(self) -> Tracker: ...
-
-    @property
-    def lineage_store(self) -> LineageStore: ...
-
-    def lineage(self, variant: Variant, *, descendants: bool = True) -> dict[str, Any]: ...
-
-    def _variant(self, row: LineageVariant) -> Variant: ...
-
-
-class Recorder:
-    def __init__(self, registry: TargetRegistry):
-        self.registry = registry
+    def __init__(self, home: Home, tracker: Tracker, lineage_store: LineageStore, *,
+                 loader: Callable[[Variant], Any] | None = None):
+        self.home = home
+        self.tracker = tracker
+        self.lineage_store = lineage_store
+        self.loader = loader
 
     def record(
         self,
@@ -92,8 +83,8 @@ class Recorder:
     ) -> "Variant":
         from backends.configs import parameter_count
 
-        tracker = self.registry.tracker
-        lineage = self.registry.lineage_store
+        tracker = self.tracker
+        lineage = self.lineage_store
         preset_dir = Path(result.preset_dir)
         adapter = kind == "adapter"
         # Adapters and exports have no KerasHub config of their own: they keep their parent's shape.
@@ -186,8 +177,7 @@ class Recorder:
         committed_at = _now()
         for parent in {p.ref: p for p, _ in parents}.values():
             self._refresh_lineage_picture(parent, staging, committed_at)
-        return self.registry._variant(row)
-
+        return read_variant(lineage, row, loader=self.loader)
 
     def record_failure(self, *, name: str, operation: str, parent: "Variant | None", failure: BaseException) -> str:
         """A FAILED MLflow run with the error and what was measured before it; nothing is registered.
@@ -197,7 +187,7 @@ class Recorder:
         """
         from registry.errors import RegistryError, one_line
 
-        tracker = self.registry.tracker
+        tracker = self.tracker
         result = getattr(failure, "result", None)
         if not isinstance(result, CapabilityResult):
             result = CapabilityResult()
@@ -225,21 +215,18 @@ class Recorder:
         or every registration under a busy parent would draw (and cost) more.
         """
         read_at = _now()  # before reading: see `_refresh_lineage_picture`
-        nodes, edges = self._ancestry([p for p, _ in parents])
-        nodes[new_ref] = {"ref": new_ref, "operation": operation, "metrics": metrics}
-        edges.extend({"parent": p.ref, "child": new_ref, "operation": operation, "role": role} for p, role in parents)
-        graph = {"root": new_ref, "nodes": list(nodes.values()), "edges": edges, "lineage_read_at": read_at}
+        graph = self._ancestry(new_ref, [p for p, _ in parents])
+        graph.nodes[new_ref] = LineageNode(ref=new_ref, operation=operation, metrics=dict(metrics))
+        graph.edges.extend(LineageEdge(parent=p.ref, child=new_ref, operation=operation, role=role) for p, role in parents)
+        graph.extras["lineage_read_at"] = read_at
         return _draw(graph, staging / "lineage")
 
-    def _ancestry(self, variants: list["Variant"]) -> tuple[dict[str, dict], list[dict]]:
-        """The variants and all their ancestors as picture nodes (by ref), and the edges among them."""
-        nodes: dict[str, dict] = {}
-        edges: list[dict] = []
+    def _ancestry(self, root: str, variants: list["Variant"]) -> LineageGraph:
+        """The variants and all their ancestors, and the edges among them, around `root`."""
+        graph = LineageGraph(root=root)
         for variant in variants:
-            family = self.registry.lineage(variant, descendants=False)
-            nodes.update({node["ref"]: node for node in family["nodes"]})
-            edges.extend(e for e in family["edges"] if e not in edges)
-        return nodes, edges
+            graph.add(read_lineage(self.lineage_store, variant, descendants=False))
+        return graph
 
     def _refresh_lineage_picture(self, parent: "Variant", staging: Path, committed_at: str) -> None:
         """Redraw `parent`'s lineage picture with its ancestors and newest children, so that a
@@ -262,10 +249,10 @@ class Recorder:
             folder = local_path(parent.artifact_uri or "")
             if folder is None:  # the artifacts live on a tracking server: log the files again
                 drawn = self._draw_family(parent, Path(tempfile.mkdtemp(dir=staging)), _now())
-                self.registry.tracker.log_artifacts(parent.run_id, drawn, "lineage")
+                self.tracker.log_artifacts(parent.run_id, drawn, "lineage")
                 return
             target = (folder / "lineage").resolve()
-            if not target.is_relative_to(self.registry.home.artifact_root.resolve()):
+            if not target.is_relative_to(self.home.artifact_root.resolve()):
                 return  # never write outside the home's artifact store
             target.mkdir(parents=True, exist_ok=True)
             with _locked(target):
@@ -282,21 +269,19 @@ class Recorder:
         """`parent`'s ancestors and its newest CHILDREN_DRAWN children, drawn in `folder`."""
         from registry.lineage.store import parse_ref
 
-        nodes, edges = self._ancestry([parent])
-        store = self.registry.lineage_store
+        graph = self._ancestry(parent.ref, [parent])
+        store = self.lineage_store
         children = store.children(parent.name, parent.version)  # oldest first
         drawn = children[-CHILDREN_DRAWN:]
         for edge in drawn:
             row = store.get(*parse_ref(edge.child_ref))
             if row is None:
                 continue
-            nodes[row.ref] = {"ref": row.ref, "name": row.name, "version": row.version, "kind": row.kind,
-                              "operation": row.operation, "parameters": row.parameters, "size_bytes": row.size_bytes,
-                              "content_hash": row.content_hash, "metrics": dict(row.metrics)}
-            edges.append({"parent": edge.parent_ref, "child": edge.child_ref, "operation": edge.operation,
-                          "role": edge.role, "settings": edge.settings, "metric_deltas": edge.metric_deltas})
-        graph = {"root": parent.ref, "nodes": list(nodes.values()), "edges": edges, "lineage_read_at": read_at,
-                 "children": len(children), "omitted_children": {parent.ref: len(children) - len(drawn)}}
+            graph.nodes[row.ref] = LineageNode.of(read_variant(store, row))
+            graph.edges.append(LineageEdge(parent=edge.parent_ref, child=edge.child_ref, operation=edge.operation,
+                                           role=edge.role, settings=edge.settings, metric_deltas=edge.metric_deltas))
+        graph.omitted_children[parent.ref] = len(children) - len(drawn)
+        graph.extras.update(lineage_read_at=read_at, children=len(children))
         return _draw(graph, folder)
 
 
@@ -326,11 +311,11 @@ def _read_at(folder: Path) -> str:
         return ""
 
 
-def _draw(graph: dict, folder: Path) -> Path:
+def _draw(graph: LineageGraph, folder: Path) -> Path:
     from registry import lineage_picture
 
     folder.mkdir(exist_ok=True)
-    (folder / "lineage.json").write_text(json.dumps(graph, indent=2, default=str), encoding="utf-8")
+    (folder / "lineage.json").write_text(json.dumps(graph.to_dict(), indent=2, default=str), encoding="utf-8")
     lineage_picture.draw(graph, folder / "lineage.png")
     return folder
 

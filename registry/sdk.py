@@ -15,40 +15,22 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from registry import references
-from registry.capability import CapabilityResult, RunContext, sample_generations
+from registry.capability import CapabilityResult, sample_generations
 from registry.errors import NotFoundError, RegistryError, UsageError, shown
 from registry.home import Home
-from registry.lineage import LineageVariant
-from registry.variant import Variant
+from registry.pipeline import Pipeline
+from registry.variant import Variant, read_variant
+
+if TYPE_CHECKING:
+    from registry.lineage import LineageVariant
+    from registry.recorder import Recorder
 
 KERAS_LOADABLE_EXPORTS = ("keras", "hf")  # export formats that are also KerasHub-loadable checkpoints
-
-
-def _disk_full(error: BaseException | None) -> bool:
-    """Whether `error`, or an error it came from, is a full disk (or quota)."""
-    import errno
-
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "database or disk is full" in str(error):  # SQLite's SQLITE_FULL
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def _is_chief(device: str) -> bool:
-    from backends.devices import is_chief, uses_cluster
-
-    return is_chief() if uses_cluster(device) else True
 
 
 class Registry:
@@ -102,13 +84,7 @@ class Registry:
     # ------------------------------------------------------------ reading
 
     def _variant(self, row: LineageVariant) -> Variant:
-        parents = tuple(edge.parent_ref for edge in self.lineage_store.parents(row.name, row.version))
-        return Variant(
-            name=row.name, version=row.version, kind=row.kind, operation=row.operation, parents=parents,
-            parameters=row.parameters, size_bytes=row.size_bytes, content_hash=row.content_hash,
-            run_id=row.run_id, artifact_uri=row.artifact_uri, metrics=dict(row.metrics), config=dict(row.config),
-            tags=dict(row.tags), created_at=row.created_at, _registry=self,
-        )
+        return read_variant(self.lineage_store, row, loader=self.load)
 
     def get(self, reference: "str | Variant") -> Variant:
         """Resolve `NAME`, `NAME/VERSION` or `NAME@ALIAS`."""
@@ -257,23 +233,24 @@ class Registry:
     def _with_runtime_cache(self, lm):
         # Decoders for onnxruntime and LiteRT are built from the weights once and kept in
         # the home by the weights' digest (`backends.fast_decoding`), so later runs reuse them.
+        # The folder is kept beside the model (`backends.loaded_model`), not on it: users get
+        # the bare `GPT2CausalLM`, and its decoders find the folder from it.
         if self.home.is_local:
-            lm._gpt2reg_runtime_cache = str(self.home.runtimes)
+            from backends.loaded_model import LoadedModel
+
+            LoadedModel.of(lm).runtime_cache = str(self.home.runtimes)
         return lm
 
     def lineage(self, variant: "str | Variant", *, descendants: bool = True) -> dict[str, Any]:
-        """The variant's family: its ancestors and (unless ``descendants=False``) descendants."""
-        variant = self.get(variant)
-        rows, edges = self.lineage_store.graph(variant.name, variant.version, descendants=descendants)
-        return {
-            "root": variant.ref,
-            "nodes": [self._variant(row).to_dict() for row in rows],
-            "edges": [
-                {"parent": e.parent_ref, "child": e.child_ref, "operation": e.operation, "role": e.role,
-                 "settings": e.settings, "metric_deltas": e.metric_deltas}
-                for e in edges
-            ],
-        }
+        """The variant's family as JSON-ready data (`gpt2reg lineage --json`): its ancestors and
+        (unless ``descendants=False``) descendants, as nodes and edges."""
+        return self.lineage_graph(variant, descendants=descendants).to_dict()
+
+    def lineage_graph(self, variant: "str | Variant", *, descendants: bool = True):
+        """The same family as a typed `registry.lineage_graph.LineageGraph`, as the renderers read it."""
+        from registry.lineage_graph import read_lineage
+
+        return read_lineage(self.lineage_store, self.get(variant), descendants=descendants)
 
     def search(self, metric: str = "perplexity", *, max_size_mb: float | None = None,
                max_parameters: int | None = None, higher_is_better: bool | None = None,
@@ -375,34 +352,23 @@ class Registry:
 
     # ------------------------------------------------------------ making variants
 
-    @contextmanager
-    def _staging(self) -> Iterator[Path]:
-        self.home.create()
-        folder = Path(tempfile.mkdtemp(prefix=f"{uuid.uuid4().hex[:8]}-", dir=self.home.staging))
-        try:
-            yield folder
-        except Exception as error:
-            if _disk_full(error):
-                # The recorder has already rolled back; say what happened in one line.
-                raise RegistryError(
-                    f"no space left on the disk of {self.home.path} while writing the new variant; nothing was "
-                    "registered: free some space (or use --home on another disk) and run the command again"
-                ) from error
-            raise
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+    def _pipeline(self) -> Pipeline:
+        return Pipeline(home=self.home, variants=self, open_recorder=self._recorder, progress=self._progress)
 
-    def _record_failure(self, *, name: str, operation: str, parent: "Variant | None", failure: BaseException) -> None:
+    def _recorder(self) -> Recorder:
+        """The recorder of this home's stores, which are created first when missing."""
         from registry.recorder import Recorder
 
-        Recorder(self).record_failure(name=name, operation=operation, parent=parent, failure=failure)
+        self.init()
+        return Recorder(self.home, self.tracker, self.lineage_store, loader=self.load)
+
+    def _staging(self) -> AbstractContextManager[Path]:
+        return self._pipeline().staging()
 
     def _record(self, *, name: str, operation: str, parents: list, result: CapabilityResult, staging: Path,
                 kind: str = "full") -> Variant:
-        from registry.recorder import Recorder
-
-        return Recorder(self).record(name=name, operation=operation, parents=parents, result=result,
-                                     staging=staging, kind=kind)
+        return self._pipeline().record(name=name, operation=operation, parents=parents, result=result,
+                                       staging=staging, kind=kind)
 
     def create(self, name: str, *, config: str = "tiny", seed: int = 0) -> Variant:
         """A new randomly initialised GPT-2 of a named configuration."""
@@ -443,8 +409,11 @@ class Registry:
                 return self._record(name=name, operation="import", parents=parents, result=result, staging=staging)
 
     def run(self, capability: str, variant: "str | Variant | None" = None, *, name: str | None = None,
-            device: str = "auto", **options) -> "Variant | CapabilityResult":
+            device: str = "auto", options: Any = None, **values) -> "Variant | CapabilityResult":
         """Run any capability; a capability that makes a variant returns the new `Variant`.
+
+        Its options are keywords named as the capability declares them (`--max-new-tokens` is
+        ``max_new_tokens``), or one ``options=`` instance of its ``Options`` class, checked already.
 
         An unexpected error in the capability's own code raises `CapabilityFailed`, which names
         its plugin. When the capability makes a variant, any failure of its run except a
@@ -452,91 +421,10 @@ class Registry:
         registered. A plugin whose `before_run`, `after_run` or `on_run_error` raises is
         disabled (see `registry.plugins`); the run goes on without it.
         """
-        from registry import plugins
-        from registry.capability import check_result, plugin_code
-
-        found = plugins.capabilities()
-        if capability not in found:
-            raise NotFoundError(f"no capability {capability!r}; installed: {', '.join(sorted(found))} (see `gpt2reg plugins`)")
-        provider = plugins.provider_of(capability)
-        with plugin_code(provider, capability):
-            cap = found[capability]()
-            checked = cap.validate(options)
-        parent = self.get(variant) if variant is not None else None
-        if cap.needs_model and parent is None:
-            raise UsageError(f"{capability} needs a model reference")
-        if cap.makes_variant:
-            if name is None and parent is None:
-                raise UsageError(f"{capability} makes a new variant: give it a name")
-            name = references.check_name(name or f"{parent.name}-{cap.operation}")
-        plugins.call_each("before_run", capability=cap, variant=parent, options=checked)
-        try:
-            if cap.makes_variant:
-                self.init()
-                with self._staging() as staging:
-                    context = RunContext(variant=parent, workdir=staging, progress=self._progress, device=device,
-                                         checkpoints=self.home.checkpoints, hook=plugins.load_plugins().hook)
-                    chief = _is_chief(device)
-                    if not chief:
-                        # Every worker trains its share; only the chief writes checkpoints and records.
-                        context.checkpoints = None
-                    try:
-                        with plugin_code(provider, capability):
-                            result = check_result(cap, cap.run(context, **checked))
-                    except UsageError:
-                        raise  # bad input: nothing worth a run record
-                    except Exception as failure:
-                        if chief:
-                            try:
-                                self._record_failure(name=name, operation=cap.operation, parent=parent,
-                                                     failure=failure)
-                            except Exception as recording_error:  # the run's own error matters more
-                                failure.add_note(f"the failed run could not be recorded: {recording_error!r}")
-                        raise
-                    if not chief:
-                        plugins.call_each("after_run", capability=cap, variant=parent, result=result, new_variant=None)
-                        return result
-                    parents = [(parent, cap.parent_role), *result.other_parents] if parent else list(result.other_parents)
-                    new = self._record_and_deliver(name=name, operation=cap.operation, parents=parents,
-                                                   result=result, staging=staging, kind=cap.variant_kind)
-                    for folder in result.discard_after_record:
-                        shutil.rmtree(folder, ignore_errors=True)
-            else:
-                with tempfile.TemporaryDirectory(prefix="gpt2reg-") as scratch:
-                    context = RunContext(variant=parent, workdir=Path(scratch), progress=self._progress, device=device,
-                                         hook=plugins.load_plugins().hook)
-                    with plugin_code(provider, capability):
-                        result = check_result(cap, cap.run(context, **checked))
-                new = None
-        except BaseException as error:
-            plugins.call_each("on_run_error", capability=cap, variant=parent, error=error)
-            raise
-        plugins.call_each("after_run", capability=cap, variant=parent, result=result, new_variant=new)
-        return new if new is not None else result
-
-    def _record_and_deliver(self, *, name, operation, parents, result: CapabilityResult, staging, kind) -> Variant:
-        """Record the result; copy it to `result.deliver_to` too, both or neither."""
-        import json
-
-        from registry import artifacts
-        from registry.artifacts import MANIFEST
-
-        partial = artifacts.stage_delivery(result.preset_dir, result.deliver_to) if result.deliver_to else None
-        try:
-            new = self._record(name=name, operation=operation, parents=parents, result=result,
-                               staging=staging, kind=kind)
-            if partial is not None:
-                # The recorder wrote the manifest after the copy was staged; the delivered copy
-                # gets it with the variant's ref added, so importing it back can link to it.
-                manifest = json.loads((Path(result.preset_dir) / MANIFEST).read_text(encoding="utf-8"))
-                manifest.update(ref=new.ref, name=new.name, version=new.version)
-                (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-                artifacts.publish_delivery(partial, result.deliver_to)
-        except BaseException:
-            if partial is not None:
-                shutil.rmtree(partial, ignore_errors=True)
-            raise
-        return new
+        if options is not None and values:
+            raise UsageError(f"give {capability}'s options as keywords or as options=, not both")
+        return self._pipeline().run(capability, variant, name=name, device=device,
+                                    options=values if options is None else options)
 
     def _provenance(self, source: str) -> tuple[list, dict]:
         """Where an imported folder came from, when a registry wrote it (an export's manifest).

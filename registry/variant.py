@@ -1,5 +1,9 @@
 """One registered model version, as the SDK reads it and the CLI and the recorder pass it around.
 
+A `Variant` is facts: what the lineage store holds about one version. The one thing it
+can do beyond reporting them, `load()`, it does through the `loader` that whoever read
+it handed it (the SDK hands its `Registry.load`); a variant carries no registry.
+
 Example:
     >>> from registry import Registry
     >>> v = Registry("mlruns").get("quickstart/1")
@@ -9,8 +13,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from registry.errors import UsageError
+
+if TYPE_CHECKING:
+    from registry.lineage import LineageStore, LineageVariant
 
 
 @dataclass(frozen=True)
@@ -31,8 +41,9 @@ class Variant:
     config: dict[str, Any]
     tags: dict[str, str]
     created_at: Any
-    # The registry.sdk.Registry that read it (`load()` goes through it); this module sits below the SDK.
-    _registry: Any = field(repr=False, compare=False, default=None)
+    # How `load()` loads it, given by the reader that made it (the SDK's `Registry.load`).
+    # Not a fact about the variant: left out of comparisons, the repr and `to_dict()`.
+    loader: Callable[[Variant], Any] | None = field(default=None, repr=False, compare=False, kw_only=True)
 
     @property
     def ref(self) -> str:
@@ -49,7 +60,10 @@ class Variant:
 
     def load(self):
         """The variant as a KerasHub `GPT2CausalLM`."""
-        return self._registry.load(self)
+        if self.loader is None:
+            raise UsageError(f"{self.ref} was not read from a registry, so it cannot load itself; "
+                             "use Registry.load(variant)")
+        return self.loader(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,3 +83,21 @@ class Variant:
             "uri": self.uri,
             "created_at": self.created_at.isoformat() if self.created_at else None,
         }
+
+
+def variant_from_row(row: LineageVariant, parents: Iterable[str], *,
+                     loader: Callable[[Variant], Any] | None = None) -> Variant:
+    """The `Variant` of a lineage row, given the refs of its parents (oldest edge first)."""
+    return Variant(
+        name=row.name, version=row.version, kind=row.kind, operation=row.operation, parents=tuple(parents),
+        parameters=row.parameters, size_bytes=row.size_bytes, content_hash=row.content_hash,
+        run_id=row.run_id, artifact_uri=row.artifact_uri, metrics=dict(row.metrics), config=dict(row.config),
+        tags=dict(row.tags), created_at=row.created_at, loader=loader,
+    )
+
+
+def read_variant(store: LineageStore, row: LineageVariant, *,
+                 loader: Callable[[Variant], Any] | None = None) -> Variant:
+    """The `Variant` of a row of `store`, its parents read from the same store."""
+    parents = (edge.parent_ref for edge in store.parents(row.name, row.version))
+    return variant_from_row(row, parents, loader=loader)

@@ -295,7 +295,7 @@ def test_a_remote_store_cannot_steer_the_download_cache_out_of_the_home(tmp_path
     reg = Registry(tmp_path / "home", tracking_uri="http://127.0.0.1:9")  # never contacted: refused first
     variant = Variant(name="x", version=1, kind="full", operation="create", parents=(), parameters=0,
                       size_bytes=0, content_hash=content_hash, run_id="r", artifact_uri="mlflow-artifacts:/1/r/artifacts",
-                      metrics={}, config={}, tags={}, created_at=None, _registry=reg)
+                      metrics={}, config={}, tags={}, created_at=None)
     with pytest.raises(UsageError, match="is not a sha256 digest"):
         reg.preset_path(variant)
     assert not (tmp_path / "home").exists() and not Path("/tmp/evil").exists()

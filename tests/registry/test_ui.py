@@ -175,10 +175,11 @@ def test_an_older_reading_never_replaces_a_newer_picture(tmp_path):
     # picture drawn from a later reading, which holds its child already: it leaves it alone.
     children, drawn = _drawn_children(reg, "base/1")
     assert children == ["child/1", "child/2"] and drawn["lineage_read_at"] > before_second
-    Recorder(reg)._refresh_lineage_picture(reg.get("base/1"), folder, committed_at=before_second)
+    recorder = Recorder(reg.home, reg.tracker, reg.lineage_store)
+    recorder._refresh_lineage_picture(reg.get("base/1"), folder, committed_at=before_second)
     assert _drawn_children(reg, "base/1")[1] == drawn and list(folder.iterdir()) == []
     # One committed after that reading is not in the picture yet: it redraws.
-    Recorder(reg)._refresh_lineage_picture(reg.get("base/1"), folder, committed_at=_now())
+    recorder._refresh_lineage_picture(reg.get("base/1"), folder, committed_at=_now())
     assert _drawn_children(reg, "base/1")[1]["lineage_read_at"] > drawn["lineage_read_at"]
 
 
@@ -191,7 +192,7 @@ def test_a_failed_redraw_of_a_parents_picture_keeps_the_new_variant(tmp_path, mo
     draw = lineage_picture.draw
 
     def fail_for_the_parent(graph, destination):
-        if graph["root"] == "base/1":
+        if graph.root == "base/1":
             raise OSError("the disk hiccupped")
         return draw(graph, destination)
 
