@@ -1,5 +1,6 @@
 """Draw a lineage graph as a PNG, for the MLflow UI.
 
+It reads the typed graph every renderer reads (`registry.lineage_graph`).
 Nodes are laid out by generation (roots on the left, each column centred);
 each node shows its reference, operation and perplexity. An edge names the
 parent's role when it is not plain "parent" (a distillation's teacher and
@@ -13,14 +14,16 @@ third of matplotlib's time (measured on 2 CPU cores: 0.07 s of CPU against
 0.26 s), most of it in PNG compression.
 
 Example:
-    >>> draw({"root": "base/1", "nodes": [{"ref": "base/1", "operation": "create", "metrics": {}}],
-    ...       "edges": []}, Path("lineage.png"))
+    >>> draw(LineageGraph(root="base/1", nodes={"base/1": LineageNode(ref="base/1", operation="create")}),
+    ...      Path("lineage.png"))
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+
+from registry.lineage_graph import LineageEdge, LineageGraph, LineageNode
 
 SCALE = 2  # drawn at twice the size, then halved: smooth lines and text without an anti-aliasing renderer
 COLUMN_WIDTH = 240  # pixels per generation
@@ -31,17 +34,17 @@ PADDING = 6  # between a node's text and its box
 COLOURS = {"root": "#ffe8b0", "node": "#e8f0ff", "more": "#eeeeee", "line": "#555555", "border": "#333333"}
 
 
-def draw(graph: dict, destination: Path) -> Path:
+def draw(graph: LineageGraph, destination: Path) -> Path:
     from PIL import Image, ImageDraw, ImageFont
 
-    nodes = {node["ref"]: node for node in graph["nodes"]}
-    edges = [edge for edge in graph["edges"] if edge["parent"] in nodes and edge["child"] in nodes]
+    nodes = dict(graph.nodes)
+    edges = [edge for edge in graph.edges if edge.parent in nodes and edge.child in nodes]
     more = set()
-    for parent, count in (graph.get("omitted_children") or {}).items():
+    for parent, count in graph.omitted_children.items():
         if parent in nodes and count > 0:
             label = f"+{count} more"
-            nodes[label] = {"ref": label, "operation": "older children", "metrics": {}}
-            edges.append({"parent": parent, "child": label, "operation": "", "role": "parent"})
+            nodes[label] = LineageNode(ref=label, operation="older children")
+            edges.append(LineageEdge(parent=parent, child=label, operation=""))
             more.add(label)
 
     columns = _columns(nodes, edges)
@@ -59,35 +62,35 @@ def draw(graph: dict, destination: Path) -> Path:
     labels, boxes = {}, {}
     for ref, (x, y) in centre.items():
         node = nodes[ref]
-        labels[ref] = f"{ref}\n{node['operation']}"
-        if "perplexity" in node.get("metrics", {}):
-            labels[ref] += f"\nppl {node['metrics']['perplexity']:,.1f}"
+        labels[ref] = f"{ref}\n{node.operation}"
+        if "perplexity" in node.metrics:
+            labels[ref] += f"\nppl {node.metrics['perplexity']:,.1f}"
         left, top, right, bottom = pen.multiline_textbbox((x * SCALE, y * SCALE), labels[ref], font=font, anchor="mm",
                                                           align="center")
         boxes[ref] = (left - PADDING * SCALE, top - PADDING * SCALE, right + PADDING * SCALE, bottom + PADDING * SCALE)
     # Arrows first and boxes over them: an arrow that skips a generation passes behind the boxes between.
     for edge in edges:
-        parent_box, child_box = boxes[edge["parent"]], boxes[edge["child"]]
+        parent_box, child_box = boxes[edge.parent], boxes[edge.child]
         start = (parent_box[2], (parent_box[1] + parent_box[3]) / 2)
         end = (child_box[0], (child_box[1] + child_box[3]) / 2)
-        _arrow(pen, start, end, dashed=edge["child"] in more)
-        if edge.get("role", "parent") != "parent":  # a child's box names its operation; roles tell parents apart
+        _arrow(pen, start, end, dashed=edge.child in more)
+        if edge.role != "parent":  # a child's box names its operation; roles tell parents apart
             # Near the child, where arrows into one node are still apart and clear of other boxes.
             at = (end[0] - 0.3 * (end[0] - start[0]), end[1] - 0.3 * (end[1] - start[1]) - 3 * SCALE)
-            pen.text(at, edge["role"], font=small, fill=COLOURS["line"], anchor="md")
+            pen.text(at, edge.role, font=small, fill=COLOURS["line"], anchor="md")
     for ref, (x, y) in centre.items():
-        fill = COLOURS["root"] if ref == graph.get("root") else COLOURS["more" if ref in more else "node"]
+        fill = COLOURS["root"] if ref == graph.root else COLOURS["more" if ref in more else "node"]
         pen.rounded_rectangle(boxes[ref], radius=4 * SCALE, fill=fill, outline=COLOURS["border"], width=SCALE)
         pen.multiline_text((x * SCALE, y * SCALE), labels[ref], font=font, fill="black", anchor="mm", align="center")
     image.reduce(SCALE).save(destination, format="PNG", compress_level=1)  # faster; the file stays small
     return destination
 
 
-def _columns(nodes: dict, edges: list[dict]) -> dict[int, list[str]]:
+def _columns(nodes: dict, edges: list[LineageEdge]) -> dict[int, list[str]]:
     """Refs by column: a node sits one column right of its latest parent."""
     parents: dict[str, list[str]] = {ref: [] for ref in nodes}
     for edge in edges:
-        parents[edge["child"]].append(edge["parent"])
+        parents[edge.child].append(edge.parent)
     depth: dict[str, int] = {}
 
     def generation(ref: str, seen=()) -> int:
@@ -102,7 +105,7 @@ def _columns(nodes: dict, edges: list[dict]) -> dict[int, list[str]]:
     # first column, so that its arrow does not cross the generations between.
     children: dict[str, list[str]] = {}
     for edge in edges:
-        children.setdefault(edge["parent"], []).append(edge["child"])
+        children.setdefault(edge.parent, []).append(edge.child)
     for ref in nodes:
         if not parents[ref] and ref in children:
             depth[ref] = max(depth[ref], min(depth[child] for child in children[ref]) - 1)

@@ -86,7 +86,7 @@ def run_quickstart(reg, *, name: str = "quickstart", steps: int | None = None, h
     say(f"    comparison chart logged to MLflow: {comparison['chart_uri']}")
 
     say("8/8 lineage")
-    graph = reg.lineage(merged)
+    graph = reg.lineage_graph(merged)
     if show_tree:
         from registry.rendering import console, lineage_tree
 
@@ -97,7 +97,7 @@ def run_quickstart(reg, *, name: str = "quickstart", steps: int | None = None, h
     return {
         "variants": [v.to_dict() for v in (base, tuned, adapter, merged, quantized, student)],
         "comparison": comparison,
-        "lineage": graph,
+        "lineage": graph.to_dict(),
         "seconds": seconds,
         "corpus": origin,
         "perplexity_ratio": tuned.metrics["perplexity"] / base.metrics["perplexity"],

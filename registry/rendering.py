@@ -5,7 +5,7 @@ the same way without importing the command line. rich is imported on first use.
 
 Example:
     >>> from registry import Registry
-    >>> graph = Registry("mlruns").lineage("quickstart")
+    >>> graph = Registry("mlruns").lineage_graph("quickstart")
     >>> console().print(lineage_tree(graph))
 """
 
@@ -65,36 +65,29 @@ def human_size(size: int) -> str:
 
 
 def lineage_tree(graph):
+    """A `registry.lineage_graph.LineageGraph` as a rich tree, each variant under its parents."""
     from rich.tree import Tree
 
-    nodes = {n["ref"]: n for n in graph["nodes"]}
-    children: dict[str, list] = {}
-    has_parent = set()
-    for edge in graph["edges"]:
-        children.setdefault(edge["parent"], []).append(edge)
-        has_parent.add(edge["child"])
-
     def label(node, edge=None):
-        perplexity = node["metrics"].get("perplexity")
-        text = f"[bold]{node['ref']}[/bold] ({node['operation']})  size {human_size(node['size_bytes'])}"
+        perplexity = node.metrics.get("perplexity")
+        text = f"[bold]{node.ref}[/bold] ({node.operation})  size {human_size(node.size_bytes or 0)}"
         if perplexity is not None:
             text += f"  perplexity {perplexity:,.2f}"
-        if edge and "perplexity" in edge["metric_deltas"]:
-            text += f" ({edge['metric_deltas']['perplexity']:+,.2f})"
-        if node["ref"] == graph["root"]:
+        if edge and "perplexity" in (edge.metric_deltas or {}):
+            text += f" ({edge.metric_deltas['perplexity']:+,.2f})"
+        if node.ref == graph.root:
             text += "  ◀"
         return text
 
-    tree = Tree(f"lineage of {graph['root']}")
+    tree = Tree(f"lineage of {graph.root}")
 
     def add(branch, ref, seen):
-        for edge in children.get(ref, []):
-            if edge["child"] in seen:
+        for edge in graph.children(ref):
+            if edge.child in seen:
                 continue
-            child_branch = branch.add(label(nodes[edge["child"]], edge))
-            add(child_branch, edge["child"], seen | {edge["child"]})
+            child_branch = branch.add(label(graph.nodes[edge.child], edge))
+            add(child_branch, edge.child, seen | {edge.child})
 
-    for ref, node in nodes.items():
-        if ref not in has_parent:
-            add(tree.add(label(node)), ref, {ref})
+    for ref in graph.roots():
+        add(tree.add(label(graph.nodes[ref])), ref, {ref})
     return tree
