@@ -40,6 +40,7 @@ from backends import lora
 from backends.configs import GENERATION_RUNTIMES as RUNTIMES
 from backends.decode_buckets import CACHE_BUCKET, PROMPT_BUCKET, round_up
 from backends.decoder import Decoder
+from backends.loaded_model import LoadedModel, unwrap
 
 import tensorflow as tf  # noqa: E402
 
@@ -89,7 +90,7 @@ class CompiledDecoder:
     """Prefill and single-token steps over a KerasHub `GPT2CausalLM`'s weights (a `backends.decoder.Decoder`)."""
 
     def __init__(self, lm, *, jit_compile: bool = True):
-        backbone = lm.backbone
+        backbone = unwrap(lm).backbone
         self.num_heads = backbone.num_heads
         self.hidden_dim = backbone.hidden_dim
         self.head_dim = self.hidden_dim // self.num_heads
@@ -278,9 +279,11 @@ class CompiledDecoder:
 XLA_FROM_PARAMETERS = 100_000_000
 
 
-def decoder_for(lm, xla: bool | None = None, runtime: str = "auto") -> Decoder:
+def decoder_for(model, xla: bool | None = None, runtime: str = "auto") -> Decoder:
     """The model's decoder for `runtime`, built on first use and kept with the model.
 
+    `model`: a `backends.loaded_model.LoadedModel` or a bare `GPT2CausalLM`
+    (whose decoders are kept for as long as it lives, the same as its wrapper's).
     `runtime`: ``keras`` (`CompiledDecoder`), ``onnx`` or ``litert``
     (`backends.fast_decoding.RuntimeDecoder`, for float32 and int8 variants),
     or ``auto``: onnxruntime where it can run the variant and `xla` is not
@@ -292,18 +295,15 @@ def decoder_for(lm, xla: bool | None = None, runtime: str = "auto") -> Decoder:
     `xla`: compile the Keras decoder with XLA; by default for models of
     XLA_FROM_PARAMETERS or more.
     """
+    loaded = LoadedModel.of(model)
+    lm = loaded.lm
     runtime = resolve_runtime(lm, xla, runtime)
-    decoders = getattr(lm, "_gpt2reg_decoders", None)
-    if decoders is None:
-        # Past Keras' attribute tracking: `lm.x = {}` stores a tracked copy, so the dict filled
-        # below would be lost and every call would build and compile its decoder again.
-        decoders = {}
-        object.__setattr__(lm, "_gpt2reg_decoders", decoders)
+    decoders = loaded.decoders
     if runtime != "keras":
         if runtime not in decoders:
             from backends.fast_decoding import RuntimeDecoder
 
-            decoders[runtime] = RuntimeDecoder.build(lm, runtime, getattr(lm, "_gpt2reg_runtime_cache", None))
+            decoders[runtime] = RuntimeDecoder.build(lm, runtime, loaded.runtime_cache)
         return decoders[runtime]
     if xla is None:
         xla = lm.backbone.count_params() >= XLA_FROM_PARAMETERS
@@ -312,22 +312,22 @@ def decoder_for(lm, xla: bool | None = None, runtime: str = "auto") -> Decoder:
     return decoders[xla]
 
 
-def resolve_runtime(lm, xla: bool | None = None, runtime: str = "auto") -> str:
+def resolve_runtime(model, xla: bool | None = None, runtime: str = "auto") -> str:
     """The runtime `decoder_for` uses for these settings (``auto`` made concrete)."""
     if runtime not in RUNTIMES:
         from registry.errors import UsageError
 
         raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
     if runtime == "auto":
-        return "onnx" if xla is None and runtime_can_decode(lm) else "keras"
+        return "onnx" if xla is None and runtime_can_decode(model) else "keras"
     return runtime
 
 
-def runtime_can_decode(lm) -> bool:
+def runtime_can_decode(model) -> bool:
     """Whether the onnx and litert runtimes decode this model as Keras would: float32 or int8
     weights, float32 arithmetic, no update of Keras's own `enable_lora` on an int8 kernel
     (this project's LoRA factors are read by `fast_decoding.model_tensors`)."""
-    backbone = lm.backbone
+    backbone = unwrap(model).backbone
     if backbone.dtype_policy.compute_dtype != "float32":
         return False
     for layer in backbone._flatten_layers(include_self=False):

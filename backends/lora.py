@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from backends import scoring
 from backends.configs import LORA_TARGETS
+from backends.loaded_model import LoadedModel, unwrap
 from registry.errors import UsageError
 
 import keras  # noqa: E402
@@ -72,25 +75,47 @@ def _split(layer) -> tuple[int, int]:
     return contracted, math.prod(shape[:contracted])
 
 
+@dataclass
+class _LowRank:
+    """An adapted layer's factors and what its low-rank path and the weight-reading decoders need."""
+
+    a: Any  # [inputs, r] trainable variable, tracked by the layer
+    b: Any  # [r, outputs] trainable variable, tracked by the layer
+    scale: float  # alpha / r
+    activation: Any  # the layer's own activation, applied after the update
+    seed: Any  # SeedGenerator of the dropout on the adapter's input, or None
+
+
+# By layer, held weakly: the factors are the layer's weights, the rest lives beside it.
+_ADAPTED: "weakref.WeakKeyDictionary[Any, _LowRank]" = weakref.WeakKeyDictionary()
+
+
+def factor_variables(layer) -> tuple[Any, Any] | None:
+    """The trainable (A, B) variables of an adapted layer; None for a plain layer."""
+    low_rank = _ADAPTED.get(layer)
+    return None if low_rank is None else (low_rank.a, low_rank.b)
+
+
 def _add_factors(layer, *, rank: int, alpha: float, dropout: float, seed: int) -> None:
     contracted, fan_in = _split(layer)
     fan_out = math.prod(_kernel_shape(layer)[contracted:])
     layer._tracker.unlock()
     # As in the LoRA paper: A random, B zero, so training starts from the base model exactly.
-    layer.gpt2reg_lora_a = layer.add_weight(
+    # `add_weight` makes them the layer's weights, which training, the optimizer and checkpoints see.
+    a = layer.add_weight(
         name="lora_a", shape=(fan_in, rank), initializer=keras.initializers.HeUniform(seed=seed), trainable=True
     )
-    layer.gpt2reg_lora_b = layer.add_weight(name="lora_b", shape=(rank, fan_out), initializer="zeros", trainable=True)
-    layer.gpt2reg_lora_seed = keras.random.SeedGenerator(seed) if dropout else None
-    scale = alpha / rank
+    b = layer.add_weight(name="lora_b", shape=(rank, fan_out), initializer="zeros", trainable=True)
+    # Tracked by the layer, as any Keras seed generator in it: its state is among the
+    # model's variables, which training seeds and checkpoints save.
+    seed_generator = layer._tracker.track(keras.random.SeedGenerator(seed)) if dropout else None
+    layer._tracker.lock()
     # The update belongs before the activation (the feed-forward Dense applies GELU):
     # the layer's own call runs linear and the activation is applied after the sum.
     # Decoders that read the weights instead of calling the layer need both the
     # scale and the activation the layer had (`factors`, `activation`).
     activation = getattr(layer, "activation", None) or keras.activations.linear
-    layer.gpt2reg_lora_scale = scale
-    layer.gpt2reg_lora_activation = activation
-    layer._tracker.lock()
+    low_rank = _ADAPTED[layer] = _LowRank(a=a, b=b, scale=alpha / rank, activation=activation, seed=seed_generator)
     layer.activation = keras.activations.linear
 
     def with_low_rank_path(plain_call):
@@ -98,10 +123,10 @@ def _add_factors(layer, *, rank: int, alpha: float, dropout: float, seed: int) -
             outputs = plain_call(inputs, *args, training=training, **kwargs)
             x = inputs
             if dropout and training:
-                x = keras.random.dropout(x, dropout, seed=layer.gpt2reg_lora_seed)
+                x = keras.random.dropout(x, dropout, seed=low_rank.seed)
             x = ops.reshape(x, (-1, fan_in))
-            update = ops.matmul(ops.matmul(x, layer.gpt2reg_lora_a), layer.gpt2reg_lora_b)
-            return activation(outputs + ops.cast(scale * ops.reshape(update, ops.shape(outputs)), outputs.dtype))
+            update = ops.matmul(ops.matmul(x, low_rank.a), low_rank.b)
+            return activation(outputs + ops.cast(low_rank.scale * ops.reshape(update, ops.shape(outputs)), outputs.dtype))
 
         return call
 
@@ -111,16 +136,19 @@ def _add_factors(layer, *, rank: int, alpha: float, dropout: float, seed: int) -
     object.__setattr__(layer, "quantized_call", with_low_rank_path(layer.quantized_call))
 
 
-def enable(lm, *, rank: int, alpha: float, targets: str, dropout: float = 0.0, seed: int = 0,
+def enable(model, *, rank: int, alpha: float, targets: str, dropout: float = 0.0, seed: int = 0,
            base_quantization: str | None = None) -> list[int]:
     """Freeze every weight and add trainable rank-`rank` factors to the target layers.
 
+    `model`: a `backends.loaded_model.LoadedModel` or a bare `GPT2CausalLM`; the
+    adapter's settings are kept with it (`settings`).
     `base_quantization="int8"` quantizes the frozen backbone first (Keras int8,
     as QLoRA does with 4 bits): the factors train against the int8 weights.
     """
     if base_quantization not in BASE_QUANTIZATIONS:
         raise UsageError(f"unknown base quantization {base_quantization!r}; choose int8 or none")
-    backbone = lm.backbone
+    loaded = LoadedModel.of(model)
+    backbone = loaded.lm.backbone
     indices = target_indices(backbone, targets)
     if base_quantization:
         from backends.quantization import quantize_backbone
@@ -133,26 +161,32 @@ def enable(lm, *, rank: int, alpha: float, targets: str, dropout: float = 0.0, s
     for position, index in enumerate(indices):
         _add_factors(layers[index], rank=rank, alpha=alpha, dropout=dropout, seed=seed + position)
     # A scoring function traced before LoRA was enabled runs the bare layers: drop it.
-    scoring.forget_compiled(lm)
-    lm._gpt2reg_lora = {
+    loaded.forget_compiled()
+    loaded.adapter = {
         "format": ADAPTER_FORMAT, "rank": rank, "alpha": alpha, "targets": targets, "dropout": dropout,
         "base_quantization": base_quantization, "indices": indices,
     }
     return indices
 
 
-def parameter_counts(lm) -> tuple[int, int]:
+def settings(model) -> dict | None:
+    """The settings of the adapter enabled on the model (as `save_adapter` writes them), or None."""
+    return LoadedModel.of(model).adapter
+
+
+def parameter_counts(model) -> tuple[int, int]:
     """(trainable, total) parameters, LoRA factors included."""
+    lm = unwrap(model)
     trainable = sum(int(np.prod(w.shape)) for w in lm.backbone.trainable_weights)
     total = sum(int(np.prod(w.shape)) for w in lm.backbone.weights if "scale" not in w.path)
     return trainable, total
 
 
-def _factors(lm) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    layers = _weighted_layers(lm.backbone)
+def _factors(loaded: LoadedModel) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    layers = _weighted_layers(loaded.lm.backbone)
     return {
-        index: (ops.convert_to_numpy(layers[index].gpt2reg_lora_a), ops.convert_to_numpy(layers[index].gpt2reg_lora_b))
-        for index in lm._gpt2reg_lora["indices"]
+        index: tuple(ops.convert_to_numpy(variable) for variable in factor_variables(layers[index]))
+        for index in loaded.adapter["indices"]
     }
 
 
@@ -164,16 +198,18 @@ def _factors(lm) -> dict[int, tuple[np.ndarray, np.ndarray]]:
 
 def factors(layer) -> tuple[np.ndarray, np.ndarray] | None:
     """(A [inputs, r], (alpha / r) · B [r, outputs]) of an adapted layer as float32; None for a plain layer."""
-    if getattr(layer, "gpt2reg_lora_a", None) is None:
+    low_rank = _ADAPTED.get(layer)
+    if low_rank is None:
         return None
-    a = ops.convert_to_numpy(layer.gpt2reg_lora_a).astype("float32")
-    b = ops.convert_to_numpy(layer.gpt2reg_lora_b).astype("float32")
-    return a, (np.float32(layer.gpt2reg_lora_scale) * b).astype("float32")
+    a = ops.convert_to_numpy(low_rank.a).astype("float32")
+    b = ops.convert_to_numpy(low_rank.b).astype("float32")
+    return a, (np.float32(low_rank.scale) * b).astype("float32")
 
 
 def activation(layer):
     """The activation the layer applies after its (adapted) product."""
-    return getattr(layer, "gpt2reg_lora_activation", None) or getattr(layer, "activation", None)
+    low_rank = _ADAPTED.get(layer)
+    return (low_rank.activation if low_rank is not None else None) or getattr(layer, "activation", None)
 
 
 def folded_kernel(layer, kernel: np.ndarray) -> np.ndarray:
@@ -182,11 +218,12 @@ def folded_kernel(layer, kernel: np.ndarray) -> np.ndarray:
     Computed exactly as `merge_into` writes a merged variant, so an adapter decodes
     with the very weights its merged variant holds.
     """
-    if getattr(layer, "gpt2reg_lora_a", None) is None:
+    low_rank = _ADAPTED.get(layer)
+    if low_rank is None:
         return kernel
-    a = ops.convert_to_numpy(layer.gpt2reg_lora_a)
-    b = ops.convert_to_numpy(layer.gpt2reg_lora_b)
-    return _merged(np.asarray(kernel), a, b, layer.gpt2reg_lora_scale)
+    a = ops.convert_to_numpy(low_rank.a)
+    b = ops.convert_to_numpy(low_rank.b)
+    return _merged(np.asarray(kernel), a, b, low_rank.scale)
 
 
 def _merged(kernel: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarray:
@@ -194,23 +231,24 @@ def _merged(kernel: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float) -> n
     return (kernel.astype("float64") + update).astype("float32")
 
 
-def save_adapter(lm, folder: str | Path) -> Path:
+def save_adapter(model, folder: str | Path) -> Path:
     import h5py
 
-    settings = getattr(lm, "_gpt2reg_lora", None)
-    if settings is None:
+    loaded = LoadedModel.of(model)
+    adapter = loaded.adapter
+    if adapter is None:
         raise ValueError("LoRA is not enabled on this model")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with h5py.File(folder / ADAPTER_WEIGHTS, "w") as store:
-        for index, (a, b) in _factors(lm).items():
+        for index, (a, b) in _factors(loaded).items():
             group = store.create_group(str(index))
             group["a"], group["b"] = a, b
-    (folder / ADAPTER_CONFIG).write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter, indent=2), encoding="utf-8")
     return folder
 
 
-def load_adapter(lm, folder: str | Path) -> dict:
+def load_adapter(model, folder: str | Path) -> dict:
     """Enable LoRA as the adapter was trained (on an int8 base if it was) and load its factors."""
     import h5py
 
@@ -219,26 +257,30 @@ def load_adapter(lm, folder: str | Path) -> dict:
     folder = Path(folder)
     # h5py follows external links and virtual datasets: refuse any before the file is read.
     model_files.check_hdf5_file(folder / ADAPTER_WEIGHTS)
-    settings = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    if settings.get("format") != ADAPTER_FORMAT:
-        raise UsageError(f"{folder} holds an adapter of another format ({settings.get('format')}); train it again")
-    indices = enable(lm, rank=settings["rank"], alpha=settings["alpha"], targets=settings["targets"],
-                     dropout=settings["dropout"], base_quantization=settings["base_quantization"])
-    if indices != settings["indices"]:
+    saved = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    if saved.get("format") != ADAPTER_FORMAT:
+        raise UsageError(f"{folder} holds an adapter of another format ({saved.get('format')}); train it again")
+    indices = enable(model, rank=saved["rank"], alpha=saved["alpha"], targets=saved["targets"],
+                     dropout=saved["dropout"], base_quantization=saved["base_quantization"])
+    if indices != saved["indices"]:
         raise UsageError("this adapter was trained on a model with other layers; load it on its own base variant")
-    layers = _weighted_layers(lm.backbone)
+    layers = _weighted_layers(unwrap(model).backbone)
     with h5py.File(folder / ADAPTER_WEIGHTS, "r") as store:
         for index in indices:
-            layers[index].gpt2reg_lora_a.assign(np.asarray(store[str(index)]["a"]))
-            layers[index].gpt2reg_lora_b.assign(np.asarray(store[str(index)]["b"]))
-    return settings
+            a, b = factor_variables(layers[index])
+            a.assign(np.asarray(store[str(index)]["a"]))
+            b.assign(np.asarray(store[str(index)]["b"]))
+    return saved
 
 
-def merge_into(adapted_lm, plain_lm) -> None:
-    """Write W + (alpha / r) · A·B of each adapted layer into the same layer of `plain_lm` (a float model)."""
-    settings = adapted_lm._gpt2reg_lora
-    scale = settings["alpha"] / settings["rank"]
-    plain = _weighted_layers(plain_lm.backbone)
-    for index, (a, b) in _factors(adapted_lm).items():
+def merge_into(adapted, plain_model) -> None:
+    """Write W + (alpha / r) · A·B of each adapted layer into the same layer of `plain_model` (a float model).
+
+    Either may be a `backends.loaded_model.LoadedModel` or a bare `GPT2CausalLM`.
+    """
+    loaded = LoadedModel.of(adapted)
+    scale = loaded.adapter["alpha"] / loaded.adapter["rank"]
+    plain = _weighted_layers(unwrap(plain_model).backbone)
+    for index, (a, b) in _factors(loaded).items():
         kernel = plain[index]._kernel
         kernel.assign(_merged(ops.convert_to_numpy(kernel), a, b, scale))

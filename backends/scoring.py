@@ -16,9 +16,12 @@ Example:
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
+
+from backends.loaded_model import LoadedModel, unwrap
 
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
@@ -56,49 +59,51 @@ def windows(token_ids: list[int], context: int, stride: int) -> list[tuple[list[
     return spans
 
 
-_COMPILED = "_gpt2reg_token_nll"
-
-
-def forget_compiled(lm) -> None:
-    """Drop the compiled scoring functions and the decoders kept on the model after changing its
+def forget_compiled(model) -> None:
+    """Drop the compiled scoring functions and the decoders kept for the model after changing its
     layers or weights (they would read the old ones: a decoder packs the weights it was built from)."""
-    for name in (_COMPILED, _COMPILED_TARGETS):
-        if hasattr(lm, name):
-            delattr(lm, name)
-    decoders = getattr(lm, "_gpt2reg_decoders", None)
-    if decoders:
-        decoders.clear()
+    LoadedModel.of(model).forget_compiled()
 
 
-def _token_nll_function(lm):
-    # One compiled function per model; shapes vary so let tf.function relax them.
-    cached = getattr(lm, _COMPILED, None)
-    if cached is not None:
-        return cached
+def _compiled(model, name: str, make):
+    """The model's compiled function `name`, made by `make(model_ref)` on first use and kept with the model.
 
+    The function reaches the model through a weak reference: it is kept beside the
+    model, and a strong one would keep the model alive for as long as its own state.
+    """
+    loaded = LoadedModel.of(model)
+    compiled = loaded.compiled.get(name)
+    if compiled is None:
+        import tensorflow as tf
+
+        # One compiled function per model; shapes vary so let tf.function relax them.
+        compiled = loaded.compiled[name] = tf.function(make(weakref.ref(loaded.lm)), reduce_retracing=True)
+    return compiled
+
+
+def _token_nll(model_ref):
     def token_nll(token_ids, padding_mask):
-        logits = lm({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
+        logits = model_ref()({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
         logits = ops.cast(logits[:, :-1, :], "float32")
         targets = token_ids[:, 1:]
         return keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
 
-    import tensorflow as tf
-
-    compiled = tf.function(token_nll, reduce_retracing=True)
-    setattr(lm, _COMPILED, compiled)
-    return compiled
+    return token_nll
 
 
-def score(lm, texts: list[list[int]], *, stride: int | None = None, batch_size: int = 8) -> Score:
-    """Summed negative log-likelihood over `texts` (token ids), weighted by tokens."""
-    context = lm.backbone.max_sequence_length
+def score(model, texts: list[list[int]], *, stride: int | None = None, batch_size: int = 8) -> Score:
+    """Summed negative log-likelihood over `texts` (token ids), weighted by tokens.
+
+    `model`: a `backends.loaded_model.LoadedModel` or a bare `GPT2CausalLM`.
+    """
+    context = unwrap(model).backbone.max_sequence_length
     stride = stride or context // 2
     if not 0 < stride <= context:
         raise ValueError(f"stride must be in 1..{context}")
     spans = [span for ids in texts for span in windows(ids, context, stride)]
     # Sorting by length keeps padding (and wasted compute) small within a batch.
     spans.sort(key=lambda span: len(span[0]))
-    token_nll = _token_nll_function(lm)
+    token_nll = _compiled(model, "token_nll", _token_nll)
     total = 0.0
     counted = 0
     for start in range(0, len(spans), batch_size):
@@ -128,27 +133,16 @@ class ContinuationScore:
     greedy: bool  # every continuation token is the model's top choice
 
 
-_COMPILED_TARGETS = "_gpt2reg_target_logprobs"
-
-
-def _target_function(lm):
-    cached = getattr(lm, _COMPILED_TARGETS, None)
-    if cached is not None:
-        return cached
-
+def _target_logprobs(model_ref):
     def target_logprobs(token_ids, padding_mask, targets):
-        logits = ops.cast(lm({"token_ids": token_ids, "padding_mask": padding_mask}, training=False), "float32")
+        logits = ops.cast(model_ref()({"token_ids": token_ids, "padding_mask": padding_mask}, training=False), "float32")
         logprobs = -keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
         return logprobs, ops.equal(ops.cast(ops.argmax(logits, axis=-1), targets.dtype), targets)
 
-    import tensorflow as tf
-
-    compiled = tf.function(target_logprobs, reduce_retracing=True)
-    setattr(lm, _COMPILED_TARGETS, compiled)
-    return compiled
+    return target_logprobs
 
 
-def score_continuations(lm, requests: list[tuple[list[int], list[int]]], *, batch_size: int = 8) -> list[ContinuationScore]:
+def score_continuations(model, requests: list[tuple[list[int], list[int]]], *, batch_size: int = 8) -> list[ContinuationScore]:
     """Log-likelihood of each continuation given its context, batched with padding masks.
 
     A context longer than the model's positions leaves room by dropping its
@@ -157,7 +151,7 @@ def score_continuations(lm, requests: list[tuple[list[int], list[int]]], *, batc
     """
     from backends.configs import END_OF_TEXT_ID
 
-    context = lm.backbone.max_sequence_length
+    context = unwrap(model).backbone.max_sequence_length
     sequences = []
     for prefix, continuation in requests:
         if not continuation:
@@ -167,7 +161,7 @@ def score_continuations(lm, requests: list[tuple[list[int], list[int]]], *, batc
         whole = (list(prefix) or [END_OF_TEXT_ID]) + list(continuation)
         sequences.append(whole[-(context + 1):])
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    function = _target_function(lm)
+    function = _compiled(model, "target_logprobs", _target_logprobs)
     scores: list[ContinuationScore | None] = [None] * len(sequences)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]

@@ -274,6 +274,7 @@ def case_generate(settings: Settings, case: str) -> dict:
     import warnings
 
     from backends import keras_gpt2
+    from backends.loaded_model import LoadedModel
     from backends.tokenizer import encode
 
     generate = bench_module("generate")
@@ -303,8 +304,9 @@ def case_generate(settings: Settings, case: str) -> dict:
         if runtime != "keras":
             where = "cpu"  # onnxruntime and LiteRT decode on the CPU here
             # A fresh folder for the runtime's graph, so the first call includes building it.
-            lm._gpt2reg_runtime_cache = tempfile.mkdtemp(prefix="gpt2reg-bench-runtime-")
-            atexit.register(shutil.rmtree, lm._gpt2reg_runtime_cache, True)
+            runtime_cache = tempfile.mkdtemp(prefix="gpt2reg-bench-runtime-")
+            LoadedModel.of(lm).runtime_cache = runtime_cache
+            atexit.register(shutil.rmtree, runtime_cache, True)
         make_call = lambda texts, ids, new: generate.ours_call(lm, ids, new, **settings_for_runtime)
     prepared["prepare_s"] = time.perf_counter() - started
 
@@ -582,7 +584,7 @@ def case_logging(settings: Settings, case: str) -> dict:
         base = reg.create("base", config=settings.logging_config, seed=0)
         # Untimed: the first training in a process runs its steps ~10% slower for a while (thread
         # pools, tf.data's autotuning), which would count against whichever path went first.
-        train_without_recording(base, data, WARM_UP_STEPS, on_step=None)
+        train_without_recording(reg, base, data, WARM_UP_STEPS, on_step=None)
         for round_ in range(max(settings.repeats, 1)):
             for mode in (("off", "on") if round_ % 2 == 0 else ("on", "off")):
                 if mode == "on":
@@ -594,7 +596,7 @@ def case_logging(settings: Settings, case: str) -> dict:
                     upload_seconds.append(sum(uploads))
                 else:
                     clock = StepClock()
-                    train_without_recording(base, data, steps, on_step=clock)
+                    train_without_recording(reg, base, data, steps, on_step=clock)
                 durations[mode].extend(np.diff(clock.stamps).tolist())  # the first step (tracing) is left out
     off, on = statistics.median(durations["off"]), statistics.median(durations["on"])
     upload = statistics.median(upload_seconds)
@@ -626,7 +628,7 @@ class StepClock:
             self.stamps.append(time.perf_counter())
 
 
-def train_without_recording(base, data: Path, steps: int, *, on_step) -> None:
+def train_without_recording(reg, base, data: Path, steps: int, *, on_step) -> None:
     """The training `finetune` does, with its own defaults, minus the registry around it."""
     from backends import training
     from backends.configs import END_OF_TEXT_ID
@@ -647,7 +649,8 @@ def train_without_recording(base, data: Path, steps: int, *, on_step) -> None:
         jit_compile=base.parameters >= XLA_FROM_PARAMETERS,
     )
     with tempfile.TemporaryDirectory(prefix="bench-run-") as workdir:
-        context = RunContext(variant=base, workdir=Path(workdir), hook=load_plugins().hook)
+        context = RunContext(variant=base, workdir=Path(workdir), hook=load_plugins().hook, variants=reg,
+                             home=reg.home)
         with context.strategy().scope():
             lm = context.load_model(dtype=training.dtype_policy(defaults.precision))
             training.train(lm, blocks, plan, on_step=on_step)
