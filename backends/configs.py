@@ -29,6 +29,7 @@ QUANTIZATION_MODES = QUANTIZATION_WEIGHT_MODES + QUANTIZATION_DTYPES
 
 # Where generation decodes (backends.decoding.decoder_for): auto picks onnx where it can.
 GENERATION_RUNTIMES = ("auto", "keras", "onnx", "litert")
+SAMPLERS = ("greedy", "beam", "top_k", "top_p", "random", "contrastive")  # decoding strategies of `generate`
 
 # LoRA target sets, by the names of KerasHub's GPT-2 layers.
 LORA_TARGETS = {

@@ -33,12 +33,12 @@ import numpy as np
 
 from backends.configs import END_OF_TEXT_ID
 from backends.configs import GENERATION_RUNTIMES as RUNTIMES
+from backends.configs import SAMPLERS
 from backends.decoder import Decoder
 from backends.decoding_speed import tokens_per_second
 from backends.logits_processors import (apply_repetition_penalty, banned_by_ngrams, log_softmax, softmax,
                                         top_k_filter, top_p_filter)
 
-SAMPLERS = ("greedy", "beam", "top_k", "top_p", "random", "contrastive")
 CONTRASTIVE_TOP_K = 5  # KerasHub's ContrastiveSampler default
 
 

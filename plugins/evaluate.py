@@ -16,49 +16,42 @@ score goes into a table the core logs to MLflow.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from registry import Capability, CapabilityResult, hookimpl
+from registry import Capability, CapabilityResult, hookimpl, option
 from registry.errors import UsageError
 
 
 class Evaluate(Capability):
+    """Perplexity of REF over text (token-weighted; no token prepended), and task scores."""
+
     name = "evaluate"
+    uses_device = True
+    records = "metrics"  # --log (the default on the command line): the figures go onto the variant's run and lineage
+    records_by_default = True
 
     @dataclass
     class Options:
-        data: list[str] = field(default_factory=list)
-        stride: int | None = None
-        batch_size: int = 8
-        text_field: str = "text"
-        task: str | None = None
-        task_name: str | None = None  # prefix of the task's metrics (default: the file's name)
-        shots: int = 0
-        train: str | None = None  # where shots come from (default: the task file, never the question itself)
-        template: str | None = None  # a file with {placeholders}; {answer} marks where the answer goes
-        seed: int = 0
-        max_new_tokens: int = 32  # generation tasks
-        stop: str = "\n"  # generation tasks: the prediction ends before the first occurrence
-        limit: int | None = None  # the first N examples only
+        data: list[str] = option(default_factory=list, path=True,
+                                 help="Text file, folder or JSONL for perplexity (repeatable).")
+        stride: int | None = option(at_least=1, help="Sliding-window stride for long texts (default: half the context).")
+        batch_size: int = option(8, at_least=1, help="Sequences scored together.")
+        text_field: str = option("text", help="JSONL field holding the text.")
+        task: str | None = option(help="JSONL task: multiple choice, generation or last word (see README).")
+        task_name: str | None = option(help="Prefix of the task's metrics (default: the file's name).")
+        shots: int = option(0, at_least=0, help="Solved examples before each question.")
+        train: str | None = option(help="JSONL file the shots come from (default: the task file, minus the question).")
+        template: str | None = option(help="Prompt template file with {placeholders}; {answer} marks the answer.")
+        seed: int = option(0, help="Which shots each question gets.")
+        max_new_tokens: int = option(32, at_least=1, help="Generation tasks: tokens per answer.")
+        stop: str = option("\n", help="Generation tasks: the answer ends before this text.")
+        limit: int | None = option(at_least=1, help="Only the first N examples of the task.")
 
         def __post_init__(self):
-            if isinstance(self.data, str):
-                self.data = [self.data]
-            self.data = list(self.data or [])
             if not self.data and not self.task:
                 raise UsageError("nothing to evaluate: give --data PATH (perplexity) or --task FILE.jsonl")
-            if self.stride is not None and self.stride < 1:
-                raise UsageError(f"--stride must be at least 1 (got {self.stride})")
-            if self.batch_size < 1:
-                raise UsageError(f"--batch-size must be at least 1 (got {self.batch_size})")
-            if self.shots < 0:
-                raise UsageError(f"--shots must be 0 or more (got {self.shots})")
             if not self.task and (self.shots or self.train or self.template or self.task_name):
                 raise UsageError("--shots, --train, --template and --task-name go with --task FILE.jsonl")
-            if self.max_new_tokens < 1:
-                raise UsageError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
-            if self.limit is not None and self.limit < 1:
-                raise UsageError(f"--limit must be at least 1 (got {self.limit})")
             if self.task_name is not None:
                 from registry.tasks import check_task_name
 
@@ -68,8 +61,11 @@ class Evaluate(Capability):
 
                 check_text(self.stop, "--stop")
 
-    def run(self, context, *, data, stride, batch_size, text_field, task, task_name, shots, train, template, seed,
-            max_new_tokens, stop, limit):
+    def run(self, context, options):
+        data, stride, batch_size, text_field = options.data, options.stride, options.batch_size, options.text_field
+        task, task_name, shots, train, template = (options.task, options.task_name, options.shots, options.train,
+                                                   options.template)
+        seed, max_new_tokens, stop, limit = options.seed, options.max_new_tokens, options.stop, options.limit
         from backends.tokenizer import special_tokens_rule
 
         context_length = context.variant.config.get("max_sequence_length", 1024)
@@ -117,6 +113,18 @@ class Evaluate(Capability):
         output["metrics"] = dict(metrics)
         output.update({k: v for k, v in metrics.items() if "." not in k})
         return CapabilityResult(metrics=metrics, output=output, settings=settings, tables=tables)
+
+    def report(self, outcome):
+        output, ref = outcome.result.output, outcome.subject.ref
+        lines = []
+        if "tokens" in output:
+            lines.append(f"{ref}: perplexity {output['perplexity']:,.3f}  mean NLL {output['mean_nll']:.4f}  "
+                         f"{output['bits_per_byte']:.4f} bits per byte  over {int(output['tokens']):,} tokens")
+        if "task" in output:
+            figures = {k: v for k, v in output["metrics"].items() if k.startswith(output["metric_prefix"] + ".")}
+            lines.append(f"{ref}: {output['task']} ({output['task_kind']}, {output['examples']} examples, "
+                         f"{output['shots']}-shot): " + "  ".join(f"{k.split('.')[-1]} {v:.4g}" for k, v in figures.items()))
+        return lines
 
 
 def _scored_bytes(documents: list[list[int]]) -> int:

@@ -15,38 +15,39 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.configs import QUANTIZATION_DTYPES, export_options_problem
-from registry import Capability, CapabilityResult, hookimpl
+from backends.configs import EXPORT_FORMATS, QUANTIZATION_DTYPES, export_options_problem
+from registry import Capability, CapabilityResult, hookimpl, option
 from registry.errors import UsageError
 
 PROBE_TOKENS = 64  # positions compared logit by logit with the source
 
 
 class Export(Capability):
+    """Write REF as FORMAT into OUT, checked in its own runtime against REF; registered as a variant."""
+
     name = "export"
     operation = "export"
     variant_kind = "export"
 
     @dataclass
     class Options:
-        format: str = ""
-        out: str = ""
-        quantize: str | None = None  # tflite: float16 | int8; onnx: int8 (weights only, dynamic range)
-        eval_data: list[str] | None = None  # default: held-out text of the embedded corpus
-        new_tokens: int = 32  # generated per speed measurement
-        text_field: str = "text"
+        format: str = option(choices=EXPORT_FORMATS, required=True, help="The file format.")
+        out: str = option(required=True, help="New (or empty) folder for the exported files.")
+        quantize: str | None = option(help="tflite: float16 | int8; onnx: int8 (weights only, dynamic range).")
+        eval_data: list[str] | None = option(path=True, help="Text for the perplexity check "
+                                                              "(default: embedded held-out text).")
+        new_tokens: int = option(32, at_least=1, help="Tokens per greedy speed measurement.")
+        text_field: str = option("text", help="JSONL field holding the text.")
 
         def __post_init__(self):
-            if isinstance(self.eval_data, str):
-                self.eval_data = [self.eval_data]
             problem = export_options_problem(self.format, self.quantize)
             if problem:
                 raise UsageError(problem)
             self.out = str(checked_destination(self.out))
-            if self.new_tokens < 1:
-                raise UsageError("--new-tokens must be at least 1")
 
-    def run(self, context, *, format, out, quantize, eval_data, new_tokens, text_field):
+    def run(self, context, options):
+        format, out, quantize, eval_data = options.format, options.out, options.quantize, options.eval_data
+        new_tokens, text_field = options.new_tokens, options.text_field
         variant = context.variant
         if variant.kind == "adapter":
             raise UsageError(f"{variant.ref} is a LoRA adapter; merge it first (`gpt2reg merge {variant.ref}`)")
@@ -58,19 +59,15 @@ class Export(Capability):
                 f"{variant.ref} holds Keras {quantized} weights, which only the keras format keeps; "
                 f"export its float parent {variant.parent} with --quantize instead"
             )
-        refuse_store_paths(Path(out), variant._registry.home)
+        refuse_store_paths(Path(out), context.home)
 
         from backends import export, keras_gpt2
         from backends.tokenizer import special_tokens_rule
-        from plugins.measurements import (
-            SPEED_PROMPT,
-            evaluation_documents,
-            keras_figures,
-            speed_prompt,
-        )
+        from plugins.measurements import SPEED_PROMPT, keras_figures, speed_prompt
+        from registry.plugin_api import heldout_documents
 
         context_length = variant.config.get("max_sequence_length", 1024)
-        documents = evaluation_documents(eval_data, text_field)
+        documents = heldout_documents(eval_data, text_field)
         prompt, new_tokens = speed_prompt(context_length, new_tokens)
         parent_preset = context.parent_preset()
 
@@ -104,6 +101,17 @@ class Export(Capability):
             tags={"format": format, "weights": weights},
             deliver_to=Path(out),
         )
+
+
+    def document(self, outcome):
+        return {**super().document(outcome), "out": outcome.options.out}
+
+    def report(self, outcome):
+        variant, metrics, out = outcome.variant, outcome.variant.metrics, outcome.options.out
+        return [f"{outcome.options.format} ({variant.tags.get('weights')}) in {out}: {variant.size_bytes:,} bytes; "
+                f"largest logit difference {metrics['max_abs_logit_diff']:.2e}, top-1 agreement "
+                f"{metrics['top1_agreement']:.1%}; perplexity {metrics['perplexity']:,.2f}; "
+                f"greedy {metrics['greedy_tokens_per_second']:.1f} tokens/s ({metrics['speedup']:.2f}x the source in Keras)"]
 
 
 def checked_destination(raw) -> Path:

@@ -6,10 +6,11 @@ import hashlib
 import json
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from registry import Capability, CapabilityResult, hookimpl
+from backends.configs import PRECISIONS
+from registry import Capability, CapabilityResult, hookimpl, option
 from registry.capability import sample_generations
 from registry.errors import RunFailed, UsageError
 
@@ -26,74 +27,65 @@ class Trainee:
     model: Any
     result: Any
     figures: dict = field(default_factory=dict)  # figures to record about the setup (trainable weights, ...)
+    settings: dict = field(default_factory=dict)  # what preparing decided, kept on the lineage edge
 
 
 class Finetune(Capability):
+    """Fine-tune every weight of REF on text; registers the result with its lineage."""
+
     name = "finetune"
     operation = "finetune"
+    uses_device = True
 
     @dataclass
     class Options:
-        data: list[str] = field(default_factory=list)
-        val_data: list[str] | None = None
-        val_split: float = 0.1
-        steps: int | None = None
-        epochs: float | None = None
-        batch_size: int = 8
-        grad_accum: int = 1
-        seq_len: int | None = None  # default: the model's context, at most 128
-        lr: float = 5e-4
-        warmup_steps: int | None = None  # default: 10% of the steps
-        precision: str = "fp32"
-        seed: int = 0
-        text_field: str = "text"
-        eval_every: int = 0  # validation loss every N steps (0: only at the end)
-        patience: int = 0  # stop after N evaluations without improvement (0: never)
-        checkpoint_every: int = 500  # 0: no checkpoints
-        resume: bool = False
-        xla: bool | None = None  # compile the step with XLA; default: for models of XLA_FROM_PARAMETERS or more
+        data: list[str] = option(default_factory=list, required=True, path=True,
+                                 help="Text file, folder or JSONL (repeatable).")
+        val_data: list[str] | None = option(path=True, help="Held-out text (default: the last --val-split of --data).")
+        val_split: float = option(0.1, at_least=0, below=1, help="Share of --data held out for validation.")
+        steps: int | None = option(at_least=1, help="Optimiser steps (default: one epoch).")
+        epochs: float | None = option(above=0, help="Passes over --data (instead of --steps).")
+        batch_size: int = option(8, at_least=1, help="Blocks per micro-batch.")
+        grad_accum: int = option(1, at_least=1, help="Micro-batches per update: the update of a batch N times larger.")
+        seq_len: int | None = option(at_least=2, help="Tokens per block (default: context, at most 128).")
+        # Any positive finite rate is the user's to try: one too large shows up as a
+        # diverged loss, recorded as a failed run (not refused up front).
+        lr: float = option(5e-4, above=0, help="Peak learning rate.")
+        warmup_steps: int | None = option(at_least=0, help="Linear warmup (default: 10% of the steps).")
+        precision: str = option("fp32", choices=tuple(PRECISIONS),
+                                help="Mixed precision: bf16, or fp16 with loss scaling (GPU only).")
+        seed: int = option(0, help="Seed of the initialisation, shuffling and dropout.")
+        text_field: str = option("text", help="JSONL field holding the text.")
+        eval_every: int = option(0, at_least=0, help="Validation loss every N steps (0: only at the end).")
+        patience: int = option(0, at_least=0, help="Early stopping: stop after N evaluations without a better "
+                                                   "validation loss (0: off).")
+        checkpoint_every: int = option(500, at_least=0, help="Checkpoint every N steps, for --resume (0: none).")
+        resume: bool = option(False, help="Continue the interrupted run with the same parent, data and options.")
+        xla: bool | None = option(help="Compile the training step with XLA: slower start, faster steps "
+                                       "(default: on for models of 100M parameters or more).")
 
         def __post_init__(self):
-            from backends.configs import PRECISIONS
-
-            if isinstance(self.data, str):
-                self.data = [self.data]
-            if isinstance(self.val_data, str):
-                self.val_data = [self.val_data]
             if self.steps is not None and self.epochs is not None:
                 raise UsageError("give --steps or --epochs, not both")
-            if self.steps is not None and self.steps < 1:
-                raise UsageError(f"--steps must be at least 1 (got {self.steps})")
-            if self.epochs is not None and not self.epochs > 0:
-                raise UsageError(f"--epochs must be greater than 0 (got {self.epochs})")
-            for flag, value, least in (("--batch-size", self.batch_size, 1), ("--grad-accum", self.grad_accum, 1),
-                                       ("--eval-every", self.eval_every, 0), ("--patience", self.patience, 0),
-                                       ("--checkpoint-every", self.checkpoint_every, 0)):
-                if value < least:
-                    raise UsageError(f"{flag} must be at least {least} (got {value})")
-            if self.seq_len is not None and self.seq_len < 2:
-                raise UsageError(f"--seq-len must be at least 2 (got {self.seq_len})")
-            # Any positive finite rate is the user's to try: one too large shows up as a
-            # diverged loss, recorded as a failed run (not refused up front).
-            if not (0 < self.lr < float("inf")):
-                raise UsageError(f"--lr must be a positive number (got {self.lr})")
-            if not 0 <= self.val_split < 1:
-                raise UsageError(f"--val-split must be in [0, 1) (got {self.val_split})")
-            if self.precision not in PRECISIONS:
-                raise UsageError(f"unknown --precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
             if self.patience and not self.eval_every:
                 raise UsageError("--patience needs --eval-every N (how often to measure the validation loss)")
 
+        def operation_settings(self) -> dict:
+            """What the subclass's own options add to the lineage edge (LoRA's rank, distillation's student)."""
+            base = {field.name for field in fields(Finetune.Options)}
+            return {field.name: getattr(self, field.name) for field in fields(self) if field.name not in base}
+
     # Subclasses (LoRA, distillation) change what is trained and what is saved; the loop stays the same.
-    def adapt(self, lm, options: dict) -> dict:
-        """Prepare `lm` for training; returns figures to record (none for full fine-tuning)."""
-        return {}
+    def adapt(self, lm, options) -> dict:
+        """Prepare `lm` for training; returns figures to record and settings it decided (none here)."""
+        return {}, {}
 
-    def prepare(self, context, lm, options: dict) -> Trainee:
+    def prepare(self, context, lm, options) -> Trainee:
         """What to train, given the loaded parent `lm`: by default the parent itself, adapted."""
-        return Trainee(model=lm, result=lm, figures=self.adapt(lm, options))
+        figures, settings = self.adapt(lm, options)
+        return Trainee(model=lm, result=lm, figures=figures, settings=settings)
 
-    def other_parents(self, context, options: dict) -> list:
+    def other_parents(self, context, options) -> list:
         """Variants besides the parent that the result comes from, as (variant, role)."""
         return []
 
@@ -102,13 +94,25 @@ class Finetune(Capability):
 
         keras_gpt2.save(lm, folder)
 
-    def run(self, context, *, data, val_data, val_split, steps, epochs, batch_size, grad_accum, seq_len, lr,
-            warmup_steps, precision, seed, text_field, eval_every, patience, checkpoint_every, resume, xla, **extra):
+    def run(self, context, options):
+        return self.train(context, options)
+
+    def report(self, outcome):
+        return report_training(outcome)
+
+    def train(self, context, options, fixed_settings: dict | None = None):
+        """The training loop of every training capability; `fixed_settings` are facts a subclass found
+        before training (a student's weights) that --resume must match too."""
         from backends.configs import END_OF_TEXT_ID
         from registry.data import pack_blocks, read_texts, tokenize_documents
 
+        data, val_data, val_split, text_field = options.data, options.val_data, options.val_split, options.text_field
+        steps, epochs, batch_size, grad_accum = options.steps, options.epochs, options.batch_size, options.grad_accum
+        lr, warmup_steps, precision, seed, xla = options.lr, options.warmup_steps, options.precision, options.seed, options.xla
+        eval_every, patience, checkpoint_every, resume = (options.eval_every, options.patience, options.checkpoint_every,
+                                                          options.resume)
         context_length = context.variant.config.get("max_sequence_length", 1024)
-        seq_len = seq_len or min(context_length, 128)
+        seq_len = options.seq_len or min(context_length, 128)
         if seq_len > context_length:
             raise UsageError(f"--seq-len {seq_len} is longer than the model's context of {context_length}")
         texts = read_texts(data, text_field=text_field)
@@ -134,7 +138,8 @@ class Finetune(Capability):
             "batch_size": batch_size, "grad_accum": grad_accum, "seq_len": seq_len, "lr": lr,
             "warmup_steps": warmup_steps, "precision": precision, "seed": seed, "eval_every": eval_every,
             "patience": patience, "xla": xla, "train_blocks": int(len(blocks)),
-            "validation": "val_data" if val_data else ("split" if validation else "none"), **extra,
+            "validation": "val_data" if val_data else ("split" if validation else "none"),
+            **options.operation_settings(), **(fixed_settings or {}),
         }
         from backends.tokenizer import rule_digest, special_tokens_rule
 
@@ -158,8 +163,8 @@ class Finetune(Capability):
         with context.strategy().scope():
             lm = context.load_model(dtype=policy)
             parent_metrics = {"perplexity": scoring.score(lm, validation).perplexity} if validation else {}
-            trainee = self.prepare(context, lm, extra)
-            settings.update(extra)  # what prepare() filled in (LoRA's default alpha)
+            trainee = self.prepare(context, lm, options)
+            settings.update(trainee.settings)  # what prepare() decided (LoRA's default alpha)
             lm = trainee.result
 
             def on_step(step, loss, tokens_per_second, learning_rate, val_loss):
@@ -195,7 +200,7 @@ class Finetune(Capability):
         self.save(lm, preset)
         return CapabilityResult(preset_dir=preset, metrics=metrics, parent_metrics=parent_metrics,
                                 history=report.history, settings=settings, tables=sample_generations(lm),
-                                other_parents=self.other_parents(context, extra),
+                                other_parents=self.other_parents(context, options),
                                 # Kept until the variant is committed, so a failed record can still resume.
                                 discard_after_record=[checkpoints] if checkpoints is not None else [])
 
@@ -207,6 +212,22 @@ def _fingerprint(operation: str, parent_hash: str, settings: dict, blocks, token
     digest.update(blocks.tobytes())
     digest.update(tokenization)
     return digest.hexdigest()[:20]
+
+
+def report_training(outcome) -> list[str]:
+    """What a training run did, in words, under the new variant's table."""
+    metrics = outcome.variant.metrics
+    lines = []
+    if "trainable_parameters" in metrics:
+        lines.append(f"trained {int(metrics['trainable_parameters']):,} of {int(metrics['total_parameters']):,} "
+                     f"weights ({100 * metrics['trainable_share']:.2f}%)")
+    if "teacher_perplexity" in metrics:
+        lines.append(f"student: {int(metrics['parameters']):,} parameters, {metrics['parameter_compression']:.2f}x "
+                     f"fewer than the teacher; held-out perplexity {metrics['perplexity']:,.2f} "
+                     f"against the teacher's {metrics['teacher_perplexity']:,.2f}")
+    if "tokens_per_second" in metrics:
+        lines.append(f"{int(metrics['train_steps'])} steps, {metrics['tokens_per_second']:,.0f} tokens/s")
+    return lines
 
 
 @hookimpl

@@ -2,68 +2,83 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from registry import Capability, CapabilityResult, hookimpl
+from backends.configs import GENERATION_RUNTIMES, SAMPLERS
+from registry import Capability, CapabilityResult, hookimpl, option
 from registry.errors import UsageError
 
-SAMPLERS = ("greedy", "beam", "top_k", "top_p", "random", "contrastive")
 TRUNCATE = ("none", "left")
 
 
 class Generate(Capability):
+    """Continue each PROMPT with the model REF (all prompts in one batch)."""
+
     name = "generate"
+    uses_device = True
+    stream_option = "on_text"
+    records = "run"  # --log: the settings and outputs as an MLflow run of their own
 
     @dataclass
     class Options:
-        prompts: list[str] = field(default_factory=list)
-        max_new_tokens: int = 32
-        min_new_tokens: int = 0
-        sampler: str = "greedy"
-        temperature: float = 1.0
-        top_k: int | None = None  # top_k: 50; contrastive: 5 candidates
-        top_p: float = 0.9
-        num_beams: int = 4
-        length_penalty: float = 1.0
-        return_all_beams: bool = False
-        penalty_alpha: float = 0.6
-        repetition_penalty: float = 1.0
-        no_repeat_ngram_size: int = 0
-        stop: list[str] = field(default_factory=list)
-        ignore_end_of_text: bool = False
-        seed: int | None = None
-        xla: bool | None = None  # compile with XLA; default: for models of 100M parameters or more
-        runtime: str = "auto"  # keras, onnx or litert; auto: onnx where it can run the variant
-        truncate: str = "none"  # "left": drop the prompt's oldest tokens to fit the context
-        template: str | None = None  # a file with {placeholders}, filled from `vars` into one prompt per object
-        vars: dict | list | str | None = None  # a JSON object (or list of them), or its text
-        on_text: Callable[[Any], None] | None = None  # called with each StreamEvent as text is produced
+        prompts: list[str] = option(default_factory=list, argument=True, help="The texts to continue.")
+        max_new_tokens: int = option(32, at_least=1, serve=True, help="Tokens to generate per prompt.")
+        min_new_tokens: int = option(0, at_least=0, serve=True, help="End-of-text is refused before this many.")
+        sampler: str = option("greedy", choices=SAMPLERS, serve=True, help="The decoding strategy.")
+        temperature: float = option(1.0, above=0, serve=True, help="Logits are divided by it before sampling.")
+        top_k: int | None = option(at_least=1, serve=True, serve_default=0,
+                                   help="top_k: tokens kept (default 50); contrastive: candidates (default 5).")
+        top_p: float = option(0.9, above=0, at_most=1, serve=True, help="top_p: the smallest set of tokens of this "
+                                                                         "probability is kept.")
+        num_beams: int = option(4, at_least=1, serve=True, help="beam: hypotheses kept.")
+        length_penalty: float = option(1.0, help="Beam scores are divided by (new tokens) ** this.")
+        return_all_beams: bool = option(False, help="Also list every beam with its score.")
+        penalty_alpha: float = option(0.6, at_least=0, at_most=1, help="Contrastive search's degeneration penalty.")
+        repetition_penalty: float = option(1.0, above=0, serve=True, help="Logits of tokens already present are "
+                                                                           "divided by it (1: off).")
+        no_repeat_ngram_size: int = option(0, at_least=0, serve=True, help="No n-gram of this size appears twice "
+                                                                            "(0: off).")
+        stop: list[str] = option(default_factory=list, serve=True,
+                                 help="Stop at this text and leave it out (repeatable).")
+        ignore_end_of_text: bool = option(False, help="Keep generating past <|endoftext|>.")
+        seed: int | None = option(serve=True, serve_default=0,
+                                  help="Seed of the sampler (served answers use 0: the same seed, the same text).")
+        truncate: str = option("none", choices=TRUNCATE,
+                               help="left: drop the prompt's oldest tokens when it does not fit the context.")
+        runtime: str = option("auto", choices=GENERATION_RUNTIMES, serve=True,
+                              help="Where to decode: onnxruntime (int8 kernels for int8 variants), LiteRT or Keras; "
+                                   "auto: onnx for float32 and int8 variants, keras for the rest.")
+        xla: bool | None = option(help="Compile the Keras decoder with XLA (default: for models of 100M parameters "
+                                       "or more).")
+        template: str | None = option(help="Prompt template file with {placeholders} (as evaluate uses).")
+        vars: dict | list | str | None = option(
+            help="JSON object filling the template's placeholders (a list of objects: one prompt each).")
+        on_text: Callable[[Any], None] | None = option(
+            cli=False, help="Called with each StreamEvent (row, text, token_id, finish_reason) as text is produced.")
 
         def __post_init__(self):
-            if isinstance(self.prompts, str):
-                self.prompts = [self.prompts]
-            self.prompts = list(self.prompts or [])
-            if self.template is not None:
-                self.prompts += _prompts_from_template(self.template, self.vars)
-            elif self.vars is not None:
-                raise UsageError("--vars fills a --template FILE; give the template too")
-            if not self.prompts:
-                raise UsageError("no prompt given: pass at least one PROMPT (or --template FILE --vars JSON)")
             from registry.prompts import check_text
 
-            for number, prompt in enumerate(self.prompts, 1):
-                check_text(prompt, f"prompt {number}" if len(self.prompts) > 1 else "the prompt")
-            self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+            # The template's prompts are kept apart from the given ones, so checking twice adds nothing twice.
+            self.template_prompts = []
+            if self.template is not None:
+                self.template_prompts = _prompts_from_template(self.template, self.vars)
+            elif self.vars is not None:
+                raise UsageError("--vars fills a --template FILE; give the template too")
+            if not self.all_prompts:
+                raise UsageError("no prompt given: pass at least one PROMPT (or --template FILE --vars JSON)")
+            for number, prompt in enumerate(self.all_prompts, 1):
+                check_text(prompt, f"prompt {number}" if len(self.all_prompts) > 1 else "the prompt")
             for stop in self.stop:
                 check_text(stop, "--stop")
-            if self.sampler not in SAMPLERS:
-                raise UsageError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-            if self.truncate not in TRUNCATE:
-                raise UsageError(f"unknown --truncate {self.truncate!r}; choose none or left")
-            problems = self.generation_config().problems()
+            problems = self.generation_config().problems()  # the rules that tie settings together
             if problems:
                 raise UsageError(problems[0])
+
+        @property
+        def all_prompts(self) -> list[str]:
+            return list(self.prompts) + self.template_prompts
 
         def generation_config(self):
             from backends.generation import GenerationConfig
@@ -78,11 +93,12 @@ class Generate(Capability):
                 runtime=self.runtime,
             )
 
-    def run(self, context, *, prompts, truncate, on_text, template, vars, **settings):
+    def run(self, context, options):
         from backends.tokenizer import encode_batch, special_tokens_rule
 
-        options = self.Options(prompts=prompts, truncate=truncate, **settings)
         config = options.generation_config()
+        prompts = options.all_prompts
+        truncate = options.truncate
         prompt_ids = encode_batch(prompts)
         context_length = context.variant.config.get("max_sequence_length")
         truncated = []
@@ -105,12 +121,12 @@ class Generate(Capability):
 
         with context.strategy().scope():
             lm = context.load_model()
-            if on_text is None:
+            if options.on_text is None:
                 results = generation.generate(lm, prompt_ids, config)
             else:
                 decoding = generation.Stream(lm, prompt_ids, config)
                 for event in decoding:
-                    on_text(event)
+                    options.on_text(event)
                 results = decoding.results()
         outputs = []
         for prompt, result in zip(prompts, results):
@@ -129,6 +145,21 @@ class Generate(Capability):
         if truncated:
             output["truncated"] = truncated
         return CapabilityResult(output=output, settings=settings_used)
+
+    def report(self, outcome):
+        if outcome.streamed:
+            return []
+        import click
+
+        return [item["prompt"] + click.style(item["text"], bold=True) for item in outcome.result.output["outputs"]]
+
+    def notes(self, outcome):
+        output = outcome.result.output
+        notes = [f"note: prompt {item['prompt'] + 1} lost its first {item['dropped_tokens']} tokens to fit the context"
+                 for item in output.get("truncated", [])]
+        if outcome.run_id:
+            notes.append(f"logged as MLflow run {outcome.run_id}")
+        return notes
 
 
 def vars_of(config) -> dict:

@@ -1,27 +1,12 @@
 """The figures `quantize` and `export` record for a variant and its parent, measured the same way.
 
 Perplexity on the same evaluation text (by default the embedded held-out text,
-first 2,048 tokens) and batch-1 greedy tokens/s from the same prompt.
+first 2,048 tokens: `registry.plugin_api.heldout_documents`) and batch-1 greedy tokens/s from the same prompt.
 """
 
 from __future__ import annotations
 
-EVALUATION_TOKENS = 2048  # of the default evaluation text: enough for a stable perplexity, quick to score
 SPEED_PROMPT = "The meaning of life is"
-
-
-def evaluation_documents(eval_data, text_field) -> list[list[int]]:
-    """Token ids of `eval_data` files, or of the embedded held-out text when none are given."""
-    from registry.data import read_texts, tokenize_documents
-
-    if eval_data:
-        return tokenize_documents(read_texts(eval_data, text_field=text_field))
-    from backends.tokenizer import encode
-    from registry.corpus import documents
-
-    texts, _ = documents()
-    held_out = "\n\n".join(texts[::10])
-    return [encode(held_out)[:EVALUATION_TOKENS]]
 
 
 def speed_prompt(context_length: int, new_tokens: int) -> tuple[list[int], int]:

@@ -17,10 +17,13 @@ PROBE_TOKENS = [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13]  # "Th
 
 
 class Merge(Capability):
+    """Fold the LoRA adapter ADAPTER_REF into its base: a full variant with the same outputs."""
+
     name = "merge"
     operation = "merge"
+    reference = "adapter_ref"
 
-    def run(self, context):
+    def run(self, context, options):
         if context.variant.kind != "adapter":
             raise UsageError(f"{context.variant.ref} is not an adapter; merge takes a variant made by `gpt2reg lora`")
         from backends import keras_gpt2, lora
@@ -36,7 +39,7 @@ class Merge(Capability):
         return CapabilityResult(
             preset_dir=preset,
             metrics={"merge_max_abs_logit_diff": difference, "parameters": keras_gpt2.parameter_count(merged)},
-            settings={"adapter": context.variant.ref, "base": context.variant.parent, **adapted._gpt2reg_lora},
+            settings={"adapter": context.variant.ref, "base": context.variant.parent, **lora.settings(adapted)},
             tables=sample_generations(merged),
         )
 

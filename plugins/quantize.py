@@ -11,40 +11,38 @@ from dataclasses import dataclass
 
 from backends.configs import QUANTIZATION_CALIBRATED as CALIBRATED
 from backends.configs import QUANTIZATION_MODES as MODES
-from plugins.measurements import SPEED_PROMPT, evaluation_documents, keras_figures, speed_prompt
-from registry import Capability, CapabilityResult, hookimpl
+from plugins.measurements import SPEED_PROMPT, keras_figures, speed_prompt
+from registry.plugin_api import heldout_documents
+from registry import Capability, CapabilityResult, hookimpl, option
 from registry.capability import sample_generations
 from registry.errors import UsageError
 
 
 class Quantize(Capability):
+    """A quantized copy of REF, with size, perplexity and greedy speed before and after."""
+
     name = "quantize"
     operation = "quantize"
 
     @dataclass
     class Options:
-        mode: str = ""
-        calibration: list[str] | None = None
-        eval_data: list[str] | None = None  # default: held-out text of the embedded corpus
-        calibration_samples: int = 32
-        new_tokens: int = 32  # generated per speed measurement
-        text_field: str = "text"
+        mode: str = option(choices=MODES, required=True, help="The weights' new precision.")
+        calibration: list[str] | None = option(path=True, help="Text to calibrate gptq and awq on (repeatable).")
+        calibration_samples: int = option(32, at_least=1, help="Blocks of calibration text used.")
+        eval_data: list[str] | None = option(path=True, help="Text for the perplexity before and after "
+                                                              "(default: embedded held-out text).")
+        new_tokens: int = option(32, at_least=1, help="Tokens per greedy speed measurement.")
+        text_field: str = option("text", help="JSONL field holding the text.")
 
         def __post_init__(self):
-            if isinstance(self.calibration, str):
-                self.calibration = [self.calibration]
-            if isinstance(self.eval_data, str):
-                self.eval_data = [self.eval_data]
-            if self.mode not in MODES:
-                raise UsageError(f"unknown --mode {self.mode!r}; choose one of: {', '.join(MODES)}")
             if self.mode in CALIBRATED and not self.calibration:
                 raise UsageError(f"--mode {self.mode} needs --calibration PATH (text to calibrate on)")
             if self.calibration and self.mode not in CALIBRATED:
                 raise UsageError(f"--calibration applies to gptq and awq only, not to --mode {self.mode}")
-            if self.calibration_samples < 1 or self.new_tokens < 1:
-                raise UsageError("--calibration-samples and --new-tokens must be at least 1")
 
-    def run(self, context, *, mode, calibration, eval_data, calibration_samples, new_tokens, text_field):
+    def run(self, context, options):
+        mode, calibration, eval_data = options.mode, options.calibration, options.eval_data
+        calibration_samples, new_tokens, text_field = options.calibration_samples, options.new_tokens, options.text_field
         from backends.configs import END_OF_TEXT_ID
         from registry.data import pack_blocks, read_texts, tokenize_documents
 
@@ -60,7 +58,7 @@ class Quantize(Capability):
         if already:
             raise UsageError(f"{variant.ref} is already quantized ({already}); quantize its float parent instead")
         context_length = variant.config.get("max_sequence_length", 1024)
-        evaluation = evaluation_documents(eval_data, text_field)
+        evaluation = heldout_documents(eval_data, text_field)
         samples = None
         if calibration:
             length = min(context_length, 256)
@@ -92,6 +90,13 @@ class Quantize(Capability):
             tags={"quantization": mode},
             tables=sample_generations(lm),
         )
+
+
+    def report(self, outcome):
+        variant = outcome.variant
+        metrics = variant.metrics
+        return [f"{outcome.options.mode}: {variant.size_bytes:,} bytes; perplexity {metrics['perplexity']:,.2f}; "
+                f"greedy {metrics['greedy_tokens_per_second']:.1f} tokens/s ({metrics['speedup']:.2f}x the parent)"]
 
 
 @hookimpl

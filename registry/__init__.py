@@ -12,7 +12,7 @@ from registry.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
-__all__ = ["Registry", "Variant", "Capability", "CapabilityResult", "RunContext", "hookimpl", "__version__"]
+__all__ = ["Registry", "Variant", "Capability", "CapabilityResult", "RunContext", "hookimpl", "option", "__version__"]
 
 
 def __getattr__(name):
@@ -25,4 +25,8 @@ def __getattr__(name):
         from registry import capability
 
         return getattr(capability, name)
+    if name == "option":
+        from registry.options import option
+
+        return option
     raise AttributeError(f"module 'registry' has no attribute {name!r}")

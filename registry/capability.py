@@ -5,21 +5,20 @@ A capability never writes to MLflow or the lineage store: it returns a
 
 Example:
     >>> from dataclasses import dataclass
-    >>> from registry import Capability, CapabilityResult
+    >>> from registry import Capability, CapabilityResult, option
     >>> class CountTokens(Capability):
     ...     name = "count-tokens"
     ...     needs_model = False
     ...     @dataclass
     ...     class Options:
-    ...         text: str
-    ...     def run(self, context, *, text):
+    ...         text: str = option(help="The text to count.", argument=True, required=True)
+    ...     def run(self, context, options):
     ...         from backends.tokenizer import encode
-    ...         return CapabilityResult(output={"tokens": len(encode(text))})
+    ...         return CapabilityResult(output={"tokens": len(encode(options.text))})
 """
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -109,9 +108,14 @@ def sample_generations(lm, prompts: tuple[str, ...] = SAMPLE_PROMPTS,
 
 @dataclass
 class RunContext:
-    """What the core gives a capability: the parent variant, a work folder, helpers."""
+    """What the core gives a capability: the parent variant, a work folder, helpers.
 
-    variant: Any  # registry.sdk.Variant or None
+    Made by the core (`registry.pipeline`) with keyword arguments; by hand, for example:
+    ``RunContext(variant=reg.get("base"), workdir=folder, variants=reg, home=reg.home,
+    hook=registry.plugins.load_plugins().hook)``.
+    """
+
+    variant: Any  # registry.variant.Variant or None
     workdir: Path
     progress: Progress = lambda **fields: None
     device: str = "auto"
@@ -119,26 +123,36 @@ class RunContext:
     # The plugin manager's hook relay (`registry.plugins.load_plugins().hook`), passed by the core:
     # the contract a plugin implements sits below the manager that loads plugins, so it does not import it.
     hook: Any = None
+    # The registry the run reads variants from: its `get`, `load` and `preset_path` (the SDK's
+    # `Registry` is one). Passed by the core for the same reason as `hook`: the SDK sits above this module.
+    variants: Any = None
+    home: Any = None  # the registry's `registry.home.Home`: where its stores and work folders are
+
+    def _reader(self):
+        if self.variants is None:
+            raise RegistryError("this RunContext was made without the registry it reads variants from: "
+                                "pass variants=Registry(...)")
+        return self.variants
 
     def load_model(self, dtype: str | None = None):
         """The parent variant as a KerasHub ``GPT2CausalLM`` (``dtype``: a Keras dtype policy)."""
         if self.variant is None:
             raise UsageError("this capability needs a model reference")
-        return self.variant._registry.load(self.variant, dtype=dtype)
+        return self._reader().load(self.variant, dtype=dtype)
 
     def resolve(self, reference: str):
         """Another variant of the same registry (`NAME`, `NAME/V`, `NAME@alias`)."""
-        return self.variant._registry.get(reference)
+        return self._reader().get(reference)
 
     def load_variant(self, variant, dtype: str | None = None):
         """Another variant as a KerasHub ``GPT2CausalLM``."""
-        return self.variant._registry.load(variant, dtype=dtype)
+        return self._reader().load(variant, dtype=dtype)
 
     def parent_preset(self) -> Path:
         """The parent variant's KerasHub preset folder, checked against its recorded hash."""
         from registry import artifacts
 
-        path = self.variant._registry.preset_path(self.variant)
+        path = self._reader().preset_path(self.variant)
         if artifacts.content_hash(path) != self.variant.content_hash:
             raise RegistryError(f"the weights of {self.variant.ref} do not match their recorded hash; run `gpt2reg doctor`")
         return path
@@ -147,7 +161,7 @@ class RunContext:
         """The variant's own parent (an adapter's base) as a plain ``GPT2CausalLM``."""
         if self.variant is None or self.variant.parent is None:
             raise UsageError("this capability needs a variant with a parent")
-        return self.variant._registry.load(self.variant.parent)
+        return self._reader().load(self.variant.parent)
 
     def strategy(self):
         """The ``tf.distribute`` strategy the ``select_strategy`` hook picks for ``device``."""
@@ -163,9 +177,13 @@ class RunContext:
 class Capability(ABC):
     """Base class of every capability (built-in or third-party).
 
-    Subclasses set ``name``, describe their options as a dataclass named
-    ``Options`` (types and defaults are the documentation; ``__post_init__``
-    validates and raises ``UsageError``), and implement ``run``.
+    Subclasses set ``name``, declare their options as a dataclass named
+    ``Options`` whose fields are made with `registry.options.option` (help,
+    flag, choices and bounds beside the type and default; ``__post_init__``
+    checks rules that tie options together and raises ``UsageError``), and
+    implement ``run(context, options)``. The `gpt2reg NAME` command, the SDK
+    call, validation and the documentation's options table all come from that
+    one declaration (`registry.options`, `registry.commands`).
     """
 
     name: ClassVar[str]
@@ -173,34 +191,69 @@ class Capability(ABC):
     variant_kind: ClassVar[str] = "full"  # "full" (a whole model) or "adapter" (weights over a base)
     parent_role: ClassVar[str] = "parent"  # the role of the variant it runs on, in the lineage ("teacher")
     needs_model: ClassVar[bool] = True
+    # What the command calls the variant it runs on (`gpt2reg merge ADAPTER_REF`).
+    reference: ClassVar[str] = "ref"
+    uses_device: ClassVar[bool] = False  # takes --device (a tf.distribute strategy)
+    # The option that takes a callback for text as it is produced: the command gets --stream.
+    stream_option: ClassVar[str | None] = None
+    # How the core may keep a result that is not a variant, when asked (--log): "metrics" attaches
+    # the figures to the variant it ran on, "run" logs settings and outputs as an MLflow run of their own.
+    records: ClassVar[str | None] = None
+    records_by_default: ClassVar[bool] = False
 
     @dataclass
     class Options:
         pass
 
     @classmethod
-    def validate(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """Options checked against ``Options``: unknown names and bad values raise UsageError."""
-        known = {f.name for f in dataclasses.fields(cls.Options)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise UsageError(
-                f"{cls.name} has no option {', '.join(unknown)}; its options are: {', '.join(sorted(known)) or 'none'}"
-            )
-        try:
-            checked = cls.Options(**options)
-        except TypeError as error:
-            raise UsageError(f"{cls.name}: {error}") from None
-        # Not dataclasses.asdict: it deep-copies, and an option may be a callback (a stream's sink).
-        return {name: getattr(checked, name) for name in known}
+    def validate(cls, options: "dict[str, Any] | Any") -> Any:
+        """The options as a checked ``Options`` instance: unknown names and bad values raise UsageError.
+
+        An ``Options`` instance is taken as it is (its ``__post_init__`` has already run).
+        """
+        from registry.options import parse
+
+        if isinstance(options, cls.Options):
+            return options
+        return parse(cls.Options, dict(options), cls.name)
 
     @property
     def makes_variant(self) -> bool:
         return self.operation is not None
 
     @abstractmethod
-    def run(self, context: RunContext, **options) -> CapabilityResult:
-        """Do the work; return artifacts and metrics, never write to the stores."""
+    def run(self, context: RunContext, options) -> CapabilityResult:
+        """Do the work with the checked ``options``; return artifacts and metrics, never write to the stores."""
+
+    # What the command prints; the JSON document and the human lines are the capability's to shape.
+
+    def document(self, outcome: "Outcome") -> dict[str, Any]:
+        """The `--json` document: the new variant as `show --json` prints it, or the result's output."""
+        if outcome.variant is not None:
+            return outcome.variant.to_dict()
+        if outcome.subject is not None and self.records == "metrics":
+            return {"ref": outcome.subject.ref, **outcome.result.output}
+        return dict(outcome.result.output)
+
+    def report(self, outcome: "Outcome") -> list[str]:
+        """Lines printed under the new variant's table (none by default) or, for a result, instead of JSON."""
+        return []
+
+    def notes(self, outcome: "Outcome") -> list[str]:
+        """Lines for the terminal's error stream in human mode (what was cut, where it was logged)."""
+        return []
+
+
+@dataclass
+class Outcome:
+    """What a command received from the core, for `Capability.document` and `report`."""
+
+    options: Any
+    result: CapabilityResult | None = None  # None when a variant was registered from it
+    variant: Any = None  # the new Variant, when one was registered
+    subject: Any = None  # the Variant it ran on (read again after its figures were recorded)
+    run_id: str | None = None  # the MLflow run a result was logged as
+    streamed: bool = False  # the text was printed as it came
 
 
 class CapabilityFailed(RegistryError):

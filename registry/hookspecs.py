@@ -12,12 +12,20 @@ the plugin that raised.
 
 Example plugin module:
 
-    from registry import hookimpl, Capability
+    from dataclasses import dataclass
+    from registry.plugin_api import Capability, CapabilityResult, hookimpl, option
 
     class Shout(Capability):
+        # Its docstring is the command's help: `gpt2reg shout TEXT`.
         name = "shout"
-        def run(self, context, **options):
-            ...
+        needs_model = False
+
+        @dataclass
+        class Options:
+            text: str = option(help="What to shout.", argument=True, required=True)
+
+        def run(self, context, options):
+            return CapabilityResult(output={"text": options.text.upper()})
 
     @hookimpl
     def register_capabilities(register):
@@ -70,7 +78,8 @@ def select_strategy(device):
 
 @hookspec
 def before_run(capability, variant, options):
-    """Called before a capability runs on ``variant`` (None for none) with validated ``options``.
+    """Called before a capability runs on ``variant`` (None for none) with its checked ``options``
+    (the capability's ``Options`` instance; `registry.options.as_dict` gives a dict).
 
     It cannot stop the run: a plugin whose hook raises is disabled and the run goes on.
     """

@@ -17,20 +17,20 @@ from pathlib import Path
 
 from registry.artifacts import PRESET_ARTIFACT
 
-GENERATION_PARAMS = {
-    "max_new_tokens": ("long", 32),
-    "sampler": ("string", "greedy"),  # greedy, beam, top_k, top_p, random or contrastive
-    "temperature": ("double", 1.0),
-    "top_k": ("long", 0),  # 0: the sampler's own default (top_k: 50; contrastive: 5 candidates)
-    "top_p": ("double", 0.9),
-    "num_beams": ("long", 4),
-    "repetition_penalty": ("double", 1.0),
-    "no_repeat_ngram_size": ("long", 0),
-    "min_new_tokens": ("long", 0),
-    "stop": ("string", ""),
-    "seed": ("long", 0),  # served answers are reproducible: the same seed, the same text
-    "runtime": ("string", "auto"),  # onnx for float32 and int8 variants (backends.decoding.decoder_for)
-}
+
+
+def generation_options():
+    """The `generate` capability's options: the one declaration of the generation settings,
+    of which those marked ``serve=True`` are the served model's parameters."""
+    from registry import plugins
+    from registry.errors import RegistryError
+
+    found = plugins.capabilities().get("generate")
+    if found is None:
+        raise RegistryError("the generate capability is not loaded, and serving takes its options; "
+                            "unset GPT2REG_LOAD_PLUGINS or include plugins.generate")
+    return found.Options
+
 
 import warnings
 
@@ -94,33 +94,31 @@ def _refuse(message: str):
 
 
 def _generation_config(params: dict):
-    """The same settings, checks and defaults as `gpt2reg generate` (backends.generation.GenerationConfig)."""
-    from backends.generation import GenerationConfig
+    """The same settings, checks and defaults as `gpt2reg generate`, from the served params."""
+    from registry.errors import UsageError
+    from registry.options import bound_problem, declared, parse
 
-    settings = {key: default for key, (_, default) in GENERATION_PARAMS.items()}
-    settings.update({key: value for key, value in params.items() if key in settings and value is not None})
+    options_class = generation_options()
+    served = {item.name: item for item in declared(options_class) if item.spec.serve}
+    values = {}
+    for name, item in served.items():
+        value = params.get(name)
+        if value is None:
+            value = item.spec.serve_default  # MLflow params need a value: the served default
+        if value is None:
+            continue
+        if item.kind is list:
+            value = [value] if value != "" else []  # one served text, or none
+        elif item.optional and value == item.spec.serve_default and bound_problem(item.spec, value):
+            value = None  # a stand-in for "not given" (top_k 0: the sampler's own default)
+        values[name] = value
     try:
-        config = GenerationConfig(
-            max_new_tokens=int(settings["max_new_tokens"]),
-            sampler=str(settings["sampler"]),
-            temperature=float(settings["temperature"]),
-            top_k=int(settings["top_k"]) or None,
-            top_p=float(settings["top_p"]),
-            num_beams=int(settings["num_beams"]),
-            repetition_penalty=float(settings["repetition_penalty"]),
-            no_repeat_ngram_size=int(settings["no_repeat_ngram_size"]),
-            min_new_tokens=int(settings["min_new_tokens"]),
-            stop=(str(settings["stop"]),) if settings["stop"] else (),
-            seed=int(settings["seed"]),
-            runtime=str(settings["runtime"]),
-        )
-    except (TypeError, ValueError) as error:
-        _refuse(f"a generation parameter has the wrong type ({error})")
-    problems = config.problems()
-    if problems:
+        # The prompts are checked apart (`_prompts`); a placeholder stands for them here.
+        options = parse(options_class, {"prompts": ["-"], **values}, "generate")
+    except UsageError as error:
         # The sentences name command-line flags (--max-new-tokens); here they are params (max_new_tokens).
-        _refuse(re.sub(r"--([a-z-]+)", lambda flag: flag.group(1).replace("-", "_"), problems[0]))
-    return config
+        _refuse(re.sub(r"--([a-z-]+)", lambda flag: flag.group(1).replace("-", "_"), str(error)))
+    return options.generation_config()
 
 
 def _prompts(model_input) -> list[str]:
@@ -146,12 +144,15 @@ def signature():
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
+    from registry.options import served_params
+
     return ModelSignature(
         # Unnamed, so that a plain list of prompts passes MLflow's schema check; a DataFrame's
         # `prompt` column is picked by name in predict().
         inputs=Schema([ColSpec("string")]),
         outputs=Schema([ColSpec("string")]),  # the generated continuation of each prompt
-        params=ParamSchema([ParamSpec(name, dtype, default) for name, (dtype, default) in GENERATION_PARAMS.items()]),
+        params=ParamSchema([ParamSpec(name, dtype, default)
+                            for name, (dtype, default) in served_params(generation_options()).items()]),
     )
 
 

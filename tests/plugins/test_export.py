@@ -210,7 +210,7 @@ def test_a_failed_recording_delivers_nothing(exported, monkeypatch, tmp_path):
     reg, _, outside = exported
     before = [v.ref for v in reg.list()]
 
-    def exported_files(self, context, **options):  # what a finished export hands the core
+    def exported_files(self, context, options):  # what a finished export hands the core
         import shutil
 
         shutil.copytree(outside / "onnx", context.workdir / "export")

@@ -60,9 +60,9 @@ class Stamp(Capability):
         tag: str = ""
         size: int = 64 * 1024  # bytes of "weights": enough that a copy can be cut in the middle
 
-    def run(self, context, *, tag, size):
-        preset = write_preset(context.workdir / "preset", os.urandom(size) + tag.encode())
-        return CapabilityResult(preset_dir=preset, settings={"tag": tag}, metrics={"parameters": 1})
+    def run(self, context, options):
+        preset = write_preset(context.workdir / "preset", os.urandom(options.size) + options.tag.encode())
+        return CapabilityResult(preset_dir=preset, settings={"tag": options.tag}, metrics={"parameters": 1})
 
 
 class StampPlugin:

@@ -75,7 +75,7 @@ def test_tokenize_round_trips_text_or_refuses_it(text):
         refused_in_one_line(error)
         assert any("\ud800" <= ch <= "\udfff" for ch in text)
         return
-    output = Tokenize().run(None, **options).output
+    output = Tokenize().run(None, options).output
     from backends.tokenizer import decode
 
     assert decode(output["token_ids"]) == text and len(output["pieces"]) == len(output["token_ids"])
@@ -95,7 +95,7 @@ def test_decoding_any_ids_gives_text_or_refuses(ids):
     except UsageError as error:
         refused_in_one_line(error)
         return
-    output = Tokenize().run(None, **options).output
+    output = Tokenize().run(None, options).output
     assert isinstance(output["text"], str) and output["token_ids"] == list(ids)
 
 
@@ -114,7 +114,7 @@ def test_generate_options_are_accepted_or_refused_in_one_line(prompts, stops, ma
     except UsageError as error:
         refused_in_one_line(error)
         return
-    assert checked["prompts"] == prompts and all(isinstance(p, str) for p in checked["prompts"])
+    assert checked.prompts == prompts and all(isinstance(p, str) for p in checked.prompts)
 
 
 @examples(500)

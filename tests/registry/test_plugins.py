@@ -50,6 +50,7 @@ def test_a_plugin_that_fails_to_import_is_reported_and_the_cli_still_works(fresh
 def test_an_inline_capability_runs_through_the_sdk_and_hooks_fire(fresh_plugins, imported_home):
     from registry import Capability, CapabilityResult, Registry, hookimpl
     from registry.errors import UsageError
+    from registry.options import as_dict
 
     calls = []
 
@@ -64,8 +65,8 @@ def test_an_inline_capability_runs_through_the_sdk_and_hooks_fire(fresh_plugins,
                 if self.scale < 1:
                     raise UsageError("scale must be at least 1")
 
-        def run(self, context, *, scale):
-            return CapabilityResult(output={"parameters": context.variant.parameters * scale})
+        def run(self, context, options):
+            return CapabilityResult(output={"parameters": context.variant.parameters * options.scale})
 
     class Plugin:
         @hookimpl
@@ -74,7 +75,7 @@ def test_an_inline_capability_runs_through_the_sdk_and_hooks_fire(fresh_plugins,
 
         @hookimpl
         def before_run(self, capability, options):
-            calls.append(("before", capability.name, options))
+            calls.append(("before", capability.name, as_dict(options)))
 
         @hookimpl
         def after_run(self, capability, new_variant):
@@ -184,7 +185,7 @@ SHOUT = """
         name = "shout"
         needs_model = False
 
-        def run(self, context):
+        def run(self, context, options):
             return CapabilityResult(output={"text": "HELLO"})
 """
 
@@ -321,7 +322,7 @@ def _sparsify_plugin(failure):
         name = "sparsify"
         operation = "sparsify"
 
-        def run(self, context):
+        def run(self, context, options):
             (context.workdir / "preset").mkdir()
             (context.workdir / "preset" / "model.weights.h5").write_bytes(b"half written")
             if failure == "raises":
@@ -410,8 +411,8 @@ def test_a_failing_capability_without_a_variant_names_its_plugin_and_records_not
         class Options:
             words: list
 
-        def run(self, context, *, words):
-            return CapabilityResult(output={"average": sum(map(len, words)) / len(words)})
+        def run(self, context, options):
+            return CapabilityResult(output={"average": sum(map(len, options.words)) / len(options.words)})
 
     class AcmeStats:
         @hookimpl

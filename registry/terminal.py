@@ -1,0 +1,121 @@
+"""What every `gpt2reg` command shares: the store options, the JSON switch, printing, early checks.
+
+`registry.cli` (the hand-written commands) and `registry.commands` (the
+commands made from capabilities' options) both build on it; plugins that add
+commands of their own use `common`, `open_registry` and `emit` (also
+importable from `registry.cli`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from registry.errors import UsageError
+
+
+def _store_option(ctx, param, value):
+    # The group and the command share ctx.meta: `gpt2reg --home A list` and `gpt2reg list --home A` both
+    # land here, the command's own after the group's, so an option given to the command wins. A default
+    # (an option not given) must not overwrite what the group received.
+    if value is not None and ctx.get_parameter_source(param.name) is not click.core.ParameterSource.DEFAULT:
+        ctx.meta[f"gpt2reg.{param.name}"] = value
+    return value
+
+
+def common(command):
+    """Add --home, --tracking-uri, --lineage-url and --json to a command (the group takes them too)."""
+    options = [
+        click.option("--home", type=click.Path(file_okay=False), default=None, expose_value=False, callback=_store_option,
+                     help="Registry home (default: $GPT2REG_HOME or ./mlruns)."),
+        click.option("--tracking-uri", default=None, expose_value=False, callback=_store_option,
+                     help="MLflow tracking server instead of the home's mlflow.db."),
+        click.option("--lineage-url", default=None, expose_value=False, callback=_store_option,
+                     help="SQLAlchemy URL of the lineage database instead of the home's lineage.db."),
+        click.option("--json", "as_json", is_flag=True, default=False, expose_value=False, callback=_store_option,
+                     help="Print one JSON document."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _meta(key, default=None):
+    return click.get_current_context().meta.get(f"gpt2reg.{key}", default)
+
+
+def as_json() -> bool:
+    return bool(_meta("as_json", False))
+
+
+def open_registry(progress: bool = False):
+    from registry.sdk import Registry
+
+    reporter = None
+    if progress:
+        from registry.progress import ProgressReporter
+
+        reporter = ProgressReporter()
+    return Registry(_meta("home"), tracking_uri=_meta("tracking_uri"), lineage_url=_meta("lineage_url"), progress=reporter)
+
+
+def emit(document, human=None) -> None:
+    if as_json():
+        click.echo(json.dumps(document, indent=2, default=str))
+    elif human is not None:
+        human()
+    else:
+        click.echo(json.dumps(document, indent=2, default=str))
+
+
+# ---------------------------------------------------------------- checks before the heavy imports
+# A command that loads a model imports TensorFlow (seconds); input that can be judged without it is
+# judged first, so a typo is answered at once. The capabilities check the same things again.
+
+
+def check_paths_exist(option: str, paths) -> None:
+    """Each of `paths` (the values of `option`) names a file or folder that exists."""
+    from registry.data import existing_data_path
+
+    for raw in paths or ():
+        existing_data_path(raw, option)
+
+
+def check_device(device: str) -> None:
+    """`device` is a built-in one, or a plugin besides the built-in one may provide it."""
+    from backends.devices import DEVICES
+    from registry import plugins
+
+    if device in DEVICES:
+        return
+    if all(impl.plugin_name == "plugins.devices" for impl in plugins.implementations("select_strategy")):
+        raise UsageError(f"no plugin provides device {device!r}; use {', '.join(DEVICES[:-1])} or {DEVICES[-1]}")
+
+
+class StreamPrinter:
+    """Prints the first unfinished prompt's text as it comes; later prompts' text waits its turn."""
+
+    def __init__(self):
+        self.current = 0
+        self.pending: dict[int, list[str]] = {}
+        self.finished: set[int] = set()
+
+    def __call__(self, event) -> None:
+        self.pending.setdefault(event.row, []).append(event.text)
+        if event.finish_reason is not None:
+            self.finished.add(event.row)
+        self._flush()
+
+    def _flush(self) -> None:
+        while True:
+            pieces = self.pending.pop(self.current, [])
+            if pieces:
+                click.echo("".join(pieces), nl=False)
+            if self.current not in self.finished:
+                return
+            click.echo()
+            self.current += 1
+
+    def finish(self) -> None:
+        self._flush()
