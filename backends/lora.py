@@ -84,6 +84,8 @@ class _LowRank:
     scale: float  # alpha / r
     activation: Any  # the layer's own activation, applied after the update
     seed: Any  # SeedGenerator of the dropout on the adapter's input, or None
+    dropout: float  # on the adapter's input, while training
+    fan_in: int  # the width the input is seen as: the kernel's contracted axes
 
 
 # By layer, held weakly: the factors are the layer's weights, the rest lives beside it.
@@ -111,29 +113,53 @@ def _add_factors(layer, *, rank: int, alpha: float, dropout: float, seed: int) -
     seed_generator = layer._tracker.track(keras.random.SeedGenerator(seed)) if dropout else None
     layer._tracker.lock()
     # The update belongs before the activation (the feed-forward Dense applies GELU):
-    # the layer's own call runs linear and the activation is applied after the sum.
+    # the layer's own product runs linear and the activation is applied after the sum.
     # Decoders that read the weights instead of calling the layer need both the
     # scale and the activation the layer had (`factors`, `activation`).
     activation = getattr(layer, "activation", None) or keras.activations.linear
-    low_rank = _ADAPTED[layer] = _LowRank(a=a, b=b, scale=alpha / rank, activation=activation, seed=seed_generator)
+    _ADAPTED[layer] = _LowRank(a=a, b=b, scale=alpha / rank, activation=activation, seed=seed_generator,
+                               dropout=dropout, fan_in=fan_in)
     layer.activation = keras.activations.linear
+    # The layer becomes its class's LoRA version (as PEFT swaps a LoRA module in): the same
+    # object, weights and tracking, with a call that adds the low-rank path.
+    layer.__class__ = _lora_class(type(layer))
 
-    def with_low_rank_path(plain_call):
-        def call(inputs, *args, training=None, **kwargs):
-            outputs = plain_call(inputs, *args, training=training, **kwargs)
-            x = inputs
-            if dropout and training:
-                x = keras.random.dropout(x, dropout, seed=low_rank.seed)
-            x = ops.reshape(x, (-1, fan_in))
-            update = ops.matmul(ops.matmul(x, low_rank.a), low_rank.b)
-            return activation(outputs + ops.cast(low_rank.scale * ops.reshape(update, ops.shape(outputs)), outputs.dtype))
 
-        return call
+def _low_rank_output(layer, inputs, outputs, training):
+    """The layer's own `outputs` plus its low-rank path on `inputs`, then its activation."""
+    low_rank = _ADAPTED[layer]
+    x = inputs
+    if low_rank.dropout and training:
+        x = keras.random.dropout(x, low_rank.dropout, seed=low_rank.seed)
+    x = ops.reshape(x, (-1, low_rank.fan_in))
+    update = ops.matmul(ops.matmul(x, low_rank.a), low_rank.b)
+    return low_rank.activation(outputs + ops.cast(low_rank.scale * ops.reshape(update, ops.shape(outputs)),
+                                                  outputs.dtype))
 
-    # Keras runs `quantized_call` for a quantized layer and `call` otherwise; the
-    # layer's own maths stays as it is and the low-rank path is added to its output.
-    object.__setattr__(layer, "call", with_low_rank_path(layer.call))
-    object.__setattr__(layer, "quantized_call", with_low_rank_path(layer.quantized_call))
+
+_LORA_CLASSES: dict[type, type] = {}
+
+
+def _lora_class(base: type) -> type:
+    """`base` (Dense, EinsumDense) with the low-rank path added to its output.
+
+    Keras runs `quantized_call` for a quantized layer and `call` otherwise; both keep the
+    layer's own maths, so the path works the same over a float or an int8 kernel.
+    """
+    if base in _LORA_CLASSES:
+        return _LORA_CLASSES[base]
+
+    class LoRALayer(base):
+        def call(self, inputs, *args, training=None, **kwargs):
+            return _low_rank_output(self, inputs, super().call(inputs, *args, training=training, **kwargs), training)
+
+        def quantized_call(self, inputs, *args, training=None, **kwargs):
+            outputs = super().quantized_call(inputs, *args, training=training, **kwargs)
+            return _low_rank_output(self, inputs, outputs, training)
+
+    LoRALayer.__name__ = LoRALayer.__qualname__ = f"LoRA{base.__name__}"
+    _LORA_CLASSES[base] = LoRALayer
+    return LoRALayer
 
 
 def enable(model, *, rank: int, alpha: float, targets: str, dropout: float = 0.0, seed: int = 0,
