@@ -88,18 +88,30 @@ def _save_every_variable(layer) -> None:
 
     Keras 3.15 leaves `kernel_zero` out when saving a gptq or awq layer but
     expects it when loading ("expected 6 variables, but received 5"), so such
-    a model could be saved and never loaded again.
+    a model could be saved and never loaded again. The layer becomes its class's
+    version that saves them all (the same object and weights).
     """
-    spec = layer.variable_serialization_spec[layer.quantization_mode]
+    layer.__class__ = _saving_every_variable(type(layer))
 
-    def save_own_variables(store):
-        index = 0
-        for name in spec:
-            if name == "bias" and layer.bias is None:
-                continue
-            if name != "kernel" and not hasattr(layer, name):
-                continue
-            store[str(index)] = layer._kernel if name == "kernel" else getattr(layer, name)
-            index += 1
 
-    object.__setattr__(layer, "save_own_variables", save_own_variables)
+_SAVING_CLASSES: dict[type, type] = {}
+
+
+def _saving_every_variable(base: type) -> type:
+    if base in _SAVING_CLASSES:
+        return _SAVING_CLASSES[base]
+
+    class SavesEveryVariable(base):
+        def save_own_variables(self, store):
+            index = 0
+            for name in self.variable_serialization_spec[self.quantization_mode]:
+                if name == "bias" and self.bias is None:
+                    continue
+                if name != "kernel" and not hasattr(self, name):
+                    continue
+                store[str(index)] = self._kernel if name == "kernel" else getattr(self, name)
+                index += 1
+
+    SavesEveryVariable.__name__ = SavesEveryVariable.__qualname__ = base.__name__  # saved configs name the class
+    _SAVING_CLASSES[base] = SavesEveryVariable
+    return SavesEveryVariable
