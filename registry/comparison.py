@@ -88,3 +88,33 @@ def draw(comparison: dict, destination: Path) -> Path:
     figure.savefig(destination, dpi=110)
     plt.close(figure)
     return destination
+
+
+def compare(variants, *, tracker=None, chart: str | Path | None = None) -> dict:
+    """The comparison of `variants` (`table`) with its chart; logged as an MLflow run of its own
+    when a `tracker` is given, and the chart copied to `chart` when one is named."""
+    import json
+    import shutil
+    import tempfile
+
+    document = table(variants)
+    with tempfile.TemporaryDirectory(prefix="gpt2reg-compare-") as scratch:
+        folder = Path(scratch)
+        picture = draw(document, folder / "comparison.png")
+        (folder / "comparison.json").write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
+        if chart is not None:
+            destination = Path(chart).expanduser()
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(picture, destination)
+            document["chart_file"] = str(destination)
+        if tracker is not None:
+            from registry.tracking import TAG_PREFIX
+
+            refs = ", ".join(v.ref for v in variants)
+            run = tracker.start_run(run_name=f"compare {refs}"[:250], tags={f"{TAG_PREFIX}comparison": refs})
+            try:
+                tracker.log_artifacts(run.info.run_id, folder, "comparison")
+            finally:
+                tracker.finish_run(run.info.run_id)
+            document.update(run_id=run.info.run_id, chart_uri=f"{run.info.artifact_uri}/comparison/comparison.png")
+    return document

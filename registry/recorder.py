@@ -208,6 +208,33 @@ class Recorder:
             tracker.finish_run(run_id, status="FAILED")
         return run_id
 
+    def log_generation(self, variant: Variant, result: CapabilityResult) -> str:
+        """A generation's settings and outputs as an MLflow run of its own (the outputs as a table); its id."""
+        outputs = result.output.get("outputs", [])
+        run = self.tracker.start_run(run_name=f"generate {variant.ref}"[:250],
+                                     tags={f"{TAG_PREFIX}generation": variant.ref})
+        try:
+            self.tracker.log_params(run.info.run_id, {"model": variant.ref, **result.settings})
+            rows = [{"prompt": item["prompt"], "text": item["text"], "new_tokens": len(item["token_ids"]),
+                     "finish_reason": item["finish_reason"]} for item in outputs]
+            self.tracker.log_table(run.info.run_id, rows, "generations.json")
+        finally:
+            self.tracker.finish_run(run.info.run_id)
+        return run.info.run_id
+
+    def record_metrics(self, variant: Variant, metrics: dict[str, float], *, data_digest: str | None = None,
+                       tables: dict[str, list[dict]] | None = None) -> None:
+        """Figures measured on an existing variant, onto its MLflow run and its lineage row (whose
+        edges then hold the change of each figure its parents and children hold too)."""
+        metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if variant.run_id:
+            self.tracker.log_metrics(variant.run_id, metrics)
+            if data_digest:
+                self.tracker.set_run_tag(variant.run_id, "gpt2reg.eval_data", data_digest)
+            for artifact_file, rows in (tables or {}).items():
+                self.tracker.log_table(variant.run_id, rows, artifact_file)
+        self.lineage_store.update_metrics(variant.name, variant.version, metrics)
+
     def _lineage_files(self, new_ref, operation, parents, metrics, staging: Path) -> Path:
         """The new variant's ancestry, as lineage.json and lineage.png.
 

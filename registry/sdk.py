@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from contextlib import AbstractContextManager
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry import references
 from registry.capability import CapabilityResult, sample_generations
-from registry.errors import NotFoundError, RegistryError, UsageError, shown
+from registry.errors import NotFoundError, RegistryError, UsageError
 from registry.home import Home
 from registry.pipeline import Pipeline
 from registry.variant import Variant, read_variant
@@ -119,81 +118,11 @@ class Registry:
         return variant
 
     def preset_path(self, variant: "str | Variant") -> Path:
-        """The variant's KerasHub preset folder (downloaded first from a remote store).
+        """The variant's KerasHub preset folder (downloaded first from a remote store);
+        see `registry.variant_files`."""
+        from registry.variant_files import VariantFiles
 
-        Where the files are is read from the variant's lineage row, which is data: a shared or
-        altered store may point anywhere. A local home only reads inside its own artifact store,
-        and a download only lands in the cache folder named by a well-formed content hash.
-        """
-        import re
-
-        from registry.artifacts import MANIFEST, weights_path
-        from registry.tracking import local_path
-
-        variant = self.get(variant)
-        inside = weights_path(variant.kind)
-        local = local_path(variant.artifact_uri or "")
-        try:
-            if local is not None:
-                path = local / inside
-                if self.home.is_local:
-                    root = self.home.artifact_root.resolve()
-                    resolved = path.resolve()
-                    if resolved == root or not resolved.is_relative_to(root):
-                        raise UsageError(
-                            f"the files of {variant.ref} are recorded at {shown(variant.artifact_uri)}, outside this "
-                            f"home's artifact store {root}; open the registry that holds them with --home, "
-                            "or run `gpt2reg doctor`"
-                        )
-            else:
-                if not re.fullmatch(r"[0-9a-f]{64}", variant.content_hash or ""):
-                    raise UsageError(f"the content hash recorded for {variant.ref}, {shown(variant.content_hash)}, "
-                                     "is not a sha256 digest; run `gpt2reg doctor`")
-                cache = self.home.path / "cache" / variant.content_hash
-                path = cache / Path(inside).name
-                if not (path / MANIFEST).is_file():
-                    self._download(variant, inside, cache)
-            present = (path / MANIFEST).is_file()
-        except (OSError, RuntimeError, ValueError) as error:  # RuntimeError: a loop of symbolic links
-            raise UsageError(f"the files of {variant.ref} are recorded at {shown(variant.artifact_uri)}, which "
-                             f"cannot be read ({error}); run `gpt2reg doctor`") from None
-        if not present:
-            raise RegistryError(f"the files of {variant.ref} are missing from {path}; run `gpt2reg doctor`")
-        return path
-
-    def _download(self, variant: Variant, inside: str, cache: Path) -> None:
-        """Fetch the variant's files into `cache`, whole and matching their hash, or not at all.
-
-        The files land in a work folder first and get the cache's name in one rename once
-        their hash is checked, so an interrupted download is never mistaken for the variant
-        (which `gpt2reg doctor` would then report as damaged in the shared store).
-        """
-        from registry import artifacts
-
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{cache.name[:12]}-download-", dir=cache.parent))
-        try:
-            fetched = self.tracker.download(f"{variant.artifact_uri}/{inside}", work)
-            if not (fetched / artifacts.MANIFEST).is_file():
-                raise RegistryError(f"the files of {variant.ref} are missing from the tracking server "
-                                    f"({variant.artifact_uri}/{inside}); run `gpt2reg doctor`")
-            if artifacts.content_hash(fetched) != variant.content_hash:
-                raise RegistryError(f"the files of {variant.ref} on the tracking server do not match their recorded "
-                                    "hash (damaged files); run `gpt2reg doctor`")
-            if fetched != work / Path(inside).name:
-                fetched.rename(work / Path(inside).name)
-            finished = cache / Path(inside).name / artifacts.MANIFEST
-            if finished.is_file():
-                return  # another process finished the same download first; it may be reading it
-            if cache.exists():
-                shutil.rmtree(cache)  # files left without their manifest by an unchecked copy
-            try:
-                os.rename(work, cache)
-            except OSError:
-                if not finished.is_file():
-                    raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        return VariantFiles(self.home, lambda: self.tracker).preset_path(self.get(variant))
 
     def load(self, variant: "str | Variant", *, base: "str | Variant | None" = None, dtype: str | None = None):
         """The variant as a KerasHub `GPT2CausalLM`; an adapter is loaded onto its base.
@@ -278,33 +207,10 @@ class Registry:
 
     def compare(self, variants: list, *, log: bool = True, chart: str | Path | None = None) -> dict:
         """Variants side by side; the table and its chart are logged to MLflow as a comparison run."""
-        import json
-
         from registry import comparison
-        from registry.tracking import TAG_PREFIX
 
-        variants = [self.get(v) for v in variants]
-        document = comparison.table(variants)
-        with tempfile.TemporaryDirectory(prefix="gpt2reg-compare-") as scratch:
-            folder = Path(scratch)
-            picture = comparison.draw(document, folder / "comparison.png")
-            (folder / "comparison.json").write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
-            if chart is not None:
-                destination = Path(chart).expanduser()
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(picture, destination)
-                document["chart_file"] = str(destination)
-            if log:
-                refs = ", ".join(v.ref for v in variants)
-                run = self.tracker.start_run(run_name=f"compare {refs}"[:250],
-                                             tags={f"{TAG_PREFIX}comparison": refs})
-                try:
-                    self.tracker.log_artifacts(run.info.run_id, folder, "comparison")
-                finally:
-                    self.tracker.finish_run(run.info.run_id)
-                document.update(run_id=run.info.run_id,
-                                chart_uri=f"{run.info.artifact_uri}/comparison/comparison.png")
-        return document
+        return comparison.compare([self.get(v) for v in variants], tracker=self.tracker if log else None,
+                                  chart=chart)
 
     def stream(self, variant: "str | Variant", prompts: "str | list[str]", **options):
         """Generate with `variant`, yielding each `StreamEvent` (row, text, token_id, finish_reason)
@@ -335,20 +241,7 @@ class Registry:
     def log_generation(self, variant: "str | Variant", result: CapabilityResult) -> str:
         """Log a generation's settings and outputs as an MLflow run of its own (the outputs as a
         table), so a sample set can be read in the UI; returns the run id."""
-        from registry.tracking import TAG_PREFIX
-
-        variant = self.get(variant)
-        outputs = result.output.get("outputs", [])
-        run = self.tracker.start_run(run_name=f"generate {variant.ref}"[:250],
-                                     tags={f"{TAG_PREFIX}generation": variant.ref})
-        try:
-            self.tracker.log_params(run.info.run_id, {"model": variant.ref, **result.settings})
-            rows = [{"prompt": item["prompt"], "text": item["text"], "new_tokens": len(item["token_ids"]),
-                     "finish_reason": item["finish_reason"]} for item in outputs]
-            self.tracker.log_table(run.info.run_id, rows, "generations.json")
-        finally:
-            self.tracker.finish_run(run.info.run_id)
-        return run.info.run_id
+        return self._recorder().log_generation(self.get(variant), result)
 
     # ------------------------------------------------------------ making variants
 
@@ -461,17 +354,8 @@ class Registry:
                        tables: dict[str, list[dict]] | None = None) -> Variant:
         """Attach evaluation figures to an existing variant: its MLflow run, its lineage row, and
         the change of each figure on the lineage edges to its parents and children that hold it too."""
-        import math
-
         variant = self.get(variant)
-        metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        if variant.run_id:
-            self.tracker.log_metrics(variant.run_id, metrics)
-            if data_digest:
-                self.tracker.set_run_tag(variant.run_id, "gpt2reg.eval_data", data_digest)
-            for artifact_file, rows in (tables or {}).items():
-                self.tracker.log_table(variant.run_id, rows, artifact_file)
-        self.lineage_store.update_metrics(variant.name, variant.version, metrics)
+        self._recorder().record_metrics(variant, metrics, data_digest=data_digest, tables=tables)
         return self.get(variant.ref)
 
     def record_evaluation(self, variant: "str | Variant", result: CapabilityResult) -> Variant:
