@@ -328,10 +328,31 @@ class RuntimeDecoder:
     @classmethod
     def build(cls, lm, runtime: str, cache_dir: str | os.PathLike | None = None) -> "RuntimeDecoder":
         """The decoder of `lm` for `runtime`; the graph file is kept in `cache_dir` by the weights' digest."""
+        backbone = lm.backbone
+        shape = {"num_layers": backbone.num_layers, "num_heads": backbone.num_heads,
+                 "hidden_dim": backbone.hidden_dim, "max_sequence_length": backbone.max_sequence_length}
+        return cls.from_tensors(lambda: model_tensors(backbone), shape, runtime, cache_dir)
+
+    @classmethod
+    def from_preset(cls, preset_dir: str | os.PathLike, runtime: str = "onnx",
+                    cache_dir: str | os.PathLike | None = None) -> "RuntimeDecoder":
+        """The decoder of a float32 KerasHub preset, read from its files without TensorFlow or Keras
+        (`backends.weight_files`); the same graph file as `build` writes for the loaded model."""
+        import json
+
+        from backends.weight_files import CONFIG_FILE, read_model_tensors
+
+        config = json.loads((Path(preset_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+        return cls.from_tensors(lambda: read_model_tensors(preset_dir), config.get("config", config), runtime,
+                                cache_dir)
+
+    @classmethod
+    def from_tensors(cls, read_weights, shape: dict, runtime: str,
+                     cache_dir: str | os.PathLike | None = None) -> "RuntimeDecoder":
+        """The decoder of the weights `read_weights()` gives, for a model of `shape` (a backbone config)."""
         if runtime not in SESSIONS:
             raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(SESSIONS)}")
-        backbone = lm.backbone
-        weights = model_tensors(backbone)
+        weights = read_weights()
         precision = weights.precision
         kind = SESSIONS[runtime]
         digest = weights.digest(runtime)
@@ -348,14 +369,14 @@ class RuntimeDecoder:
             # Written under a temporary name and renamed: a crash leaves no half-written graph behind.
             partial = folder / f".{path.name}.{os.getpid()}.partial"
             try:
-                kind.write(weights, backbone.num_layers, backbone.num_heads, partial)
+                kind.write(weights, shape["num_layers"], shape["num_heads"], partial)
                 os.replace(partial, path)
             finally:
                 partial.unlink(missing_ok=True)
             session = kind(path)
         del weights
-        return cls(session, num_layers=backbone.num_layers, num_heads=backbone.num_heads,
-                   hidden_dim=backbone.hidden_dim, max_positions=backbone.max_sequence_length,
+        return cls(session, num_layers=shape["num_layers"], num_heads=shape["num_heads"],
+                   hidden_dim=shape["hidden_dim"], max_positions=shape["max_sequence_length"],
                    runtime=runtime, precision=precision)
 
     def _run(self, tokens: np.ndarray, positions: np.ndarray, last_index: np.ndarray, bias: np.ndarray,
