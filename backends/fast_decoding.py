@@ -334,19 +334,6 @@ class RuntimeDecoder:
         return cls.from_tensors(lambda: model_tensors(backbone), shape, runtime, cache_dir)
 
     @classmethod
-    def from_preset(cls, preset_dir: str | os.PathLike, runtime: str = "onnx",
-                    cache_dir: str | os.PathLike | None = None) -> "RuntimeDecoder":
-        """The decoder of a float32 KerasHub preset, read from its files without TensorFlow or Keras
-        (`backends.weight_files`); the same graph file as `build` writes for the loaded model."""
-        import json
-
-        from backends.weight_files import CONFIG_FILE, read_model_tensors
-
-        config = json.loads((Path(preset_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
-        return cls.from_tensors(lambda: read_model_tensors(preset_dir), config.get("config", config), runtime,
-                                cache_dir)
-
-    @classmethod
     def from_tensors(cls, read_weights, shape: dict, runtime: str,
                      cache_dir: str | os.PathLike | None = None) -> "RuntimeDecoder":
         """The decoder of the weights `read_weights()` gives, for a model of `shape` (a backbone config)."""

@@ -13,6 +13,7 @@ Float32 presets only for now; a preset with int8 (or any other) weights is
 refused with a line that says to load it through Keras.
 
 Example:
+    >>> decoder = decoder_from_preset("preset-folder", "onnx", cache_dir="runtimes")
     >>> tensors = read_model_tensors("preset-folder")
     >>> tensors.tensors["transformer.h.0.attn.c_attn.weight"].shape
     (64, 192)
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.fast_decoding import ModelTensors
+from backends.fast_decoding import ModelTensors, RuntimeDecoder
 from registry.errors import UsageError
 
 WEIGHTS_FILE = "model.weights.h5"
@@ -89,3 +90,11 @@ def read_model_tensors(preset_dir: str | Path) -> ModelTensors:
             tensors[f"{prefix}.mlp.c_proj.weight"] = kernel.reshape(kernel.shape[0], -1)
             tensors[f"{prefix}.mlp.c_proj.bias"] = bias
     return ModelTensors(tensors=tensors, int8={}, low_rank={}, precision="float32")
+
+
+def decoder_from_preset(preset_dir: str | Path, runtime: str = "onnx", cache_dir: str | Path | None = None) -> RuntimeDecoder:
+    """The runtime decoder of a float32 preset, built from its files alone: the same graph file
+    `RuntimeDecoder.build` writes for the loaded model."""
+    config = json.loads((Path(preset_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+    return RuntimeDecoder.from_tensors(lambda: read_model_tensors(preset_dir), config.get("config", config), runtime,
+                                       cache_dir)

@@ -40,10 +40,10 @@ def test_a_preset_decodes_transformers_greedy_tokens_in_a_process_without_tensor
         """
         import json, sys
         import numpy as np
-        from backends.fast_decoding import RuntimeDecoder
+        from backends.weight_files import decoder_from_preset
 
         preset, cache, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-        decoder = RuntimeDecoder.from_preset(preset, "onnx", cache_dir=cache)
+        decoder = decoder_from_preset(preset, "onnx", cache_dir=cache)
         outputs = []
         for case in cases:
             state = decoder.start([case["token_ids"]], max_new_tokens=len(case["greedy_16"]))
