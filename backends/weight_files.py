@@ -9,8 +9,10 @@ runtime graph is written from, equal, array for array, to what
 written and run with onnxruntime alone, and it has the same digest, hence the
 same cached file, as one written through Keras.
 
-Float32 presets only for now; a preset with int8 (or any other) weights is
-refused with a line that says to load it through Keras.
+Float32 presets and Keras int8 presets (int8 kernels with one scale per
+output, as `gpt2reg quantize --mode int8` writes them) are read; a preset of
+any other precision (int4, GPTQ, AWQ, float8, bfloat16) is refused with a
+line that says to load it through Keras.
 
 Example:
     >>> decoder = decoder_from_preset("preset-folder", "onnx", cache_dir="runtimes")
@@ -37,7 +39,7 @@ _BLOCK = re.compile(r"transformer_decoder(?:_(\d+))?")
 
 
 def read_model_tensors(preset_dir: str | Path) -> ModelTensors:
-    """The weights of a float32 KerasHub GPT-2 preset, in the Hugging Face layout a runtime graph takes."""
+    """The weights of a float32 or int8 KerasHub GPT-2 preset, in the Hugging Face layout a runtime graph takes."""
     import h5py
 
     from backends import model_files
@@ -45,9 +47,12 @@ def read_model_tensors(preset_dir: str | Path) -> ModelTensors:
     preset_dir = Path(preset_dir)
     config = json.loads((preset_dir / CONFIG_FILE).read_text(encoding="utf-8"))
     shape = config.get("config", config)
+    precision = _precision(preset_dir, shape)
     width, layers = int(shape["hidden_dim"]), int(shape["num_layers"])
     weights = preset_dir / WEIGHTS_FILE
     model_files.check_hdf5_file(weights)  # no external links or virtual datasets
+    tensors: dict[str, np.ndarray] = {}
+    int8: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     with h5py.File(weights, "r") as store:
         saved = store["layers"]
         blocks = sorted((int(match.group(1) or 0), name) for name in saved
@@ -56,44 +61,71 @@ def read_model_tensors(preset_dir: str | Path) -> ModelTensors:
             raise UsageError(f"{weights} holds {len(blocks)} transformer blocks where its config says {layers}; "
                              "the preset is damaged: run `gpt2reg doctor`")
 
-        def read(path: str) -> np.ndarray:
-            dataset = saved[path]
-            if dataset.dtype != np.float32:
-                raise UsageError(f"{preset_dir} holds {dataset.dtype} weights ({path}); only float32 presets are "
-                                 "read without Keras: load it with --runtime keras")
-            return np.asarray(dataset, dtype=np.float32)
-
         def variables(path: str) -> list[np.ndarray]:
             group = saved[path]["vars"]
-            return [read(f"{path}/vars/{index}") for index in range(len(group))]
+            found = [np.asarray(group[str(index)]) for index in range(len(group))]
+            for index, values in enumerate(found):
+                if values.dtype not in (np.float32, np.int8) or (values.dtype == np.int8 and index != 0):
+                    raise UsageError(f"{preset_dir} holds {values.dtype} weights ({path}); only float32 and int8 "
+                                     "presets are read without Keras: load it with --runtime keras")
+            return found
 
-        tensors = {
-            "transformer.wte.weight": read("reversible_embedding/vars/0"),
-            "transformer.wpe.weight": read("position_embedding/vars/0"),
-        }
+        def dense(path: str, inputs: int) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+            """The kernel as [inputs, outputs] float32, its bias, and (int8 values, per-output scale) when int8."""
+            kernel, bias, *scale = variables(path)
+            if kernel.dtype != np.int8:
+                return kernel.reshape(inputs, -1), bias.reshape(-1), None
+            values = kernel.reshape(inputs, -1)
+            # Keras stores value = round(weight * scale), one scale per output, in the kernel's output order.
+            column_scale = (1.0 / scale[0].astype(np.float32)).reshape(-1)
+            return values.astype(np.float32) * column_scale, bias.reshape(-1), (values, column_scale)
+
+        def put(name: str, parts: list) -> None:
+            tensors[f"{name}.weight"] = np.concatenate([weight for weight, _, _ in parts], axis=1)
+            tensors[f"{name}.bias"] = np.concatenate([bias for _, bias, _ in parts])
+            if parts[0][2] is not None:
+                int8[f"{name}.weight"] = (np.concatenate([q for _, _, (q, _) in parts], axis=1),
+                                          np.concatenate([c for _, _, (_, c) in parts]))
+
+        embedding = variables("reversible_embedding")
+        if embedding[0].dtype == np.int8:  # [vocabulary, width], one scale per row
+            row_scale = 1.0 / embedding[1].astype(np.float32).reshape(-1)
+            tensors["transformer.wte.weight"] = embedding[0].astype(np.float32) * row_scale[:, None]
+            int8["transformer.lm_head.weight"] = (embedding[0].T, row_scale)
+        else:
+            tensors["transformer.wte.weight"] = embedding[0]
+        [tensors["transformer.wpe.weight"]] = variables("position_embedding")
         tensors["transformer.ln_f.weight"], tensors["transformer.ln_f.bias"] = variables("layer_normalization")
         for index, (_, block) in enumerate(blocks):
             prefix = f"transformer.h.{index}"
             attention = f"{block}/_self_attention_layer"
-            projections = [variables(f"{attention}/{name}_dense") for name in ("query", "key", "value")]
-            tensors[f"{prefix}.attn.c_attn.weight"] = np.concatenate(
-                [kernel.reshape(width, -1) for kernel, _ in projections], axis=1)
-            tensors[f"{prefix}.attn.c_attn.bias"] = np.concatenate([bias.reshape(-1) for _, bias in projections])
-            kernel, bias = variables(f"{attention}/output_dense")
-            tensors[f"{prefix}.attn.c_proj.weight"], tensors[f"{prefix}.attn.c_proj.bias"] = (
-                kernel.reshape(width, -1), bias.reshape(-1))
+            put(f"{prefix}.attn.c_attn", [dense(f"{attention}/{name}_dense", width) for name in ("query", "key", "value")])
+            put(f"{prefix}.attn.c_proj", [dense(f"{attention}/output_dense", width)])
             for name, norm in (("ln_1", "_self_attention_layer_norm"), ("ln_2", "_feedforward_layer_norm")):
                 tensors[f"{prefix}.{name}.weight"], tensors[f"{prefix}.{name}.bias"] = variables(f"{block}/{norm}")
-            kernel, bias = variables(f"{block}/_feedforward_intermediate_dense")
-            tensors[f"{prefix}.mlp.c_fc.weight"], tensors[f"{prefix}.mlp.c_fc.bias"] = kernel.reshape(width, -1), bias
-            kernel, bias = variables(f"{block}/_feedforward_output_dense")
-            tensors[f"{prefix}.mlp.c_proj.weight"] = kernel.reshape(kernel.shape[0], -1)
-            tensors[f"{prefix}.mlp.c_proj.bias"] = bias
-    return ModelTensors(tensors=tensors, int8={}, low_rank={}, precision="float32")
+            put(f"{prefix}.mlp.c_fc", [dense(f"{block}/_feedforward_intermediate_dense", width)])
+            hidden = saved[f"{block}/_feedforward_output_dense/vars/0"].shape[0]
+            put(f"{prefix}.mlp.c_proj", [dense(f"{block}/_feedforward_output_dense", hidden)])
+    if (precision == "int8") != bool(int8):
+        raise UsageError(f"{weights} does not hold the {precision} weights its config names; the preset is damaged: "
+                         "run `gpt2reg doctor`")
+    return ModelTensors(tensors=tensors, int8=int8, low_rank={}, precision=precision)
+
+
+def _precision(preset_dir: Path, shape: dict) -> str:
+    """``float32`` or ``int8`` from the preset's dtype policy; any other precision is refused."""
+    policy = json.dumps(shape.get("dtype"))
+    modes = set(re.findall(r'"mode":\s*"([^"]+)"', policy))
+    names = set(re.findall(r'"name":\s*"([^"]+)"', policy)) - {"float32"}
+    if modes - {"int8"} or names:
+        found = ", ".join(sorted((modes - {"int8"}) | names))
+        raise UsageError(f"{preset_dir} holds {found} weights; only float32 and int8 presets are read without "
+                         "Keras: load it with --runtime keras")
+    return "int8" if modes else "float32"
 
 
 def decoder_from_preset(preset_dir: str | Path, runtime: str = "onnx", cache_dir: str | Path | None = None) -> RuntimeDecoder:
-    """The runtime decoder of a float32 preset, built from its files alone: the same graph file
+    """The runtime decoder of a float32 or int8 preset, built from its files alone: the same graph file
     `RuntimeDecoder.build` writes for the loaded model."""
     config = json.loads((Path(preset_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
     return RuntimeDecoder.from_tensors(lambda: read_model_tensors(preset_dir), config.get("config", config), runtime,

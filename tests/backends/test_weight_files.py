@@ -19,17 +19,33 @@ def preset(imported_home):
     return Registry(imported_home).preset_path("fx")
 
 
-def test_the_weights_read_from_the_files_are_the_loaded_models(preset):
+@pytest.fixture(scope="module")
+def int8_preset(preset, tmp_path_factory):
+    """The fixture quantized to Keras int8 and saved, as `gpt2reg quantize --mode int8` writes it."""
+    from backends import keras_gpt2, quantization
+
+    folder = tmp_path_factory.mktemp("int8") / "preset"
+    keras_gpt2.save(quantization.quantize(preset, "int8", None), folder)
+    return folder
+
+
+@pytest.mark.parametrize("which", ["float32", "int8"])
+def test_the_weights_read_from_the_files_are_the_loaded_models(which, preset, int8_preset):
     from backends import keras_gpt2
     from backends.fast_decoding import model_tensors
     from backends.weight_files import read_model_tensors
 
-    from_files = read_model_tensors(preset)
-    from_keras = model_tensors(keras_gpt2.load(preset).backbone)
+    folder = preset if which == "float32" else int8_preset
+    from_files = read_model_tensors(folder)
+    from_keras = model_tensors(keras_gpt2.load(folder).backbone)
+    assert from_files.precision == from_keras.precision == which
     assert sorted(from_files.tensors) == sorted(from_keras.tensors)
     for name, tensor in from_keras.tensors.items():
         assert from_files.tensors[name].shape == tensor.shape, name
         assert np.array_equal(from_files.tensors[name], tensor), name
+    assert sorted(from_files.int8) == sorted(from_keras.int8) and (which == "int8") == bool(from_keras.int8)
+    for name, (values, scale) in from_keras.int8.items():
+        assert np.array_equal(from_files.int8[name][0], values) and np.array_equal(from_files.int8[name][1], scale)
     # The same digest: a graph written from the files is the one written through Keras (one cached file).
     assert from_files.digest("onnx") == from_keras.digest("onnx")
 
@@ -64,18 +80,42 @@ def test_a_preset_decodes_transformers_greedy_tokens_in_a_process_without_tensor
     assert answer["outputs"] == [case["greedy_16"] for case in cases]
 
 
-def test_weights_other_than_float32_are_refused_in_one_line(preset, tmp_path):
+def test_an_int8_preset_decodes_from_its_files_as_generate_decodes_it(int8_preset, reference, tmp_path):
+    from backends import generation, keras_gpt2
+    from backends.weight_files import decoder_from_preset
+
+    prompt = reference["cases"][0]["token_ids"]
+    expected = generation.generate(keras_gpt2.load(int8_preset), [prompt], max_new_tokens=8, runtime="onnx")
+    decoder = decoder_from_preset(int8_preset, "onnx", cache_dir=tmp_path / "runtimes")
+    assert decoder.precision == "int8"
+    state = decoder.start([prompt], max_new_tokens=8)
+    tokens = []
+    for _ in range(8):
+        tokens.append(int(np.argmax(state.logits[0])))
+        decoder.step(state, [tokens[-1]])
+    assert tokens[:len(expected[0].token_ids)] == expected[0].token_ids
+
+
+def test_other_precisions_and_damaged_files_are_refused_in_one_line(preset, tmp_path):
     import h5py
 
     from backends.weight_files import read_model_tensors
     from registry.errors import UsageError
 
-    copy = tmp_path / "preset"
-    shutil.copytree(preset, copy)
-    with h5py.File(copy / "model.weights.h5", "r+") as store:
+    bfloat16 = tmp_path / "bfloat16"
+    shutil.copytree(preset, bfloat16)
+    config = json.loads((bfloat16 / "config.json").read_text())
+    config["config"]["dtype"] = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "bfloat16"}}
+    (bfloat16 / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match=r"holds bfloat16 weights; only float32 and int8 .* --runtime keras"):
+        read_model_tensors(bfloat16)
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(preset, damaged)
+    with h5py.File(damaged / "model.weights.h5", "r+") as store:
         path = "layers/transformer_decoder/_feedforward_output_dense/vars/0"
         values = np.asarray(store[path])
         del store[path]
-        store[path] = values.astype(np.int8)
-    with pytest.raises(UsageError, match=r"holds int8 weights .* load it with --runtime keras"):
-        read_model_tensors(copy)
+        store[path] = values.astype(np.float16)
+    with pytest.raises(UsageError, match=r"holds float16 weights .* load it with --runtime keras"):
+        read_model_tensors(damaged)
