@@ -331,15 +331,14 @@ class RuntimeDecoder:
         backbone = lm.backbone
         shape = {"num_layers": backbone.num_layers, "num_heads": backbone.num_heads,
                  "hidden_dim": backbone.hidden_dim, "max_sequence_length": backbone.max_sequence_length}
-        return cls.from_tensors(lambda: model_tensors(backbone), shape, runtime, cache_dir)
+        return cls.from_tensors(model_tensors(backbone), shape, runtime, cache_dir)
 
     @classmethod
-    def from_tensors(cls, read_weights, shape: dict, runtime: str,
+    def from_tensors(cls, weights: ModelTensors, shape: dict, runtime: str,
                      cache_dir: str | os.PathLike | None = None) -> "RuntimeDecoder":
-        """The decoder of the weights `read_weights()` gives, for a model of `shape` (a backbone config)."""
+        """The decoder of `weights`, for a model of `shape` (a backbone config)."""
         if runtime not in SESSIONS:
             raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(SESSIONS)}")
-        weights = read_weights()
         precision = weights.precision
         kind = SESSIONS[runtime]
         digest = weights.digest(runtime)

@@ -128,5 +128,5 @@ def decoder_from_preset(preset_dir: str | Path, runtime: str = "onnx", cache_dir
     """The runtime decoder of a float32 or int8 preset, built from its files alone: the same graph file
     `RuntimeDecoder.build` writes for the loaded model."""
     config = json.loads((Path(preset_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
-    return RuntimeDecoder.from_tensors(lambda: read_model_tensors(preset_dir), config.get("config", config), runtime,
+    return RuntimeDecoder.from_tensors(read_model_tensors(preset_dir), config.get("config", config), runtime,
                                        cache_dir)

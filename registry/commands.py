@@ -126,6 +126,7 @@ def _run_command(capability, items: list[Declared], values: dict[str, Any]) -> N
         if item.kind is list and item.name in given:
             given[item.name] = list(given[item.name])
         if item.spec.required and item.kind is list and not given.get(item.name):
+            # Checked here, not by click: for a repeatable option click says "Missing parameter: data".
             raise click.UsageError(f"Missing option '{item.flag}'.")
     # Judged before TensorFlow or MLflow load: a typo is answered at once.
     for item in items:

@@ -226,21 +226,24 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def bound_problem(spec: OptionSpec, value) -> str | None:
-    """The bounds `value` breaks, in words ("at least 1", "in [0, 1)"), or None."""
+def _bounds(spec: OptionSpec) -> tuple[tuple | None, tuple | None]:
+    """The lower and upper bound as (value, bracket): "[" or "]" includes the value, "(" or ")" does not."""
     low = (spec.at_least, "[") if spec.at_least is not None else (spec.above, "(") if spec.above is not None else None
     high = (spec.at_most, "]") if spec.at_most is not None else (spec.below, ")") if spec.below is not None else None
+    return low, high
+
+
+def bound_problem(spec: OptionSpec, value) -> str | None:
+    """The bounds `value` breaks, in words ("at least 1", "in [0, 1)"), or None."""
+    low, high = _bounds(spec)
     inside = ((low is None or (value >= low[0] if low[1] == "[" else value > low[0]))
               and (high is None or (value <= high[0] if high[1] == "]" else value < high[0])))
-    if inside:
-        return None
-    return bounds_text(spec)
+    return None if inside else bounds_text(spec)
 
 
 def bounds_text(spec: OptionSpec) -> str | None:
     """The bounds in words: "at least 1", "greater than 0", "in [0, 1)"; None when unbounded."""
-    low = (spec.at_least, "[") if spec.at_least is not None else (spec.above, "(") if spec.above is not None else None
-    high = (spec.at_most, "]") if spec.at_most is not None else (spec.below, ")") if spec.below is not None else None
+    low, high = _bounds(spec)
     if low and high:
         return f"in {low[1]}{low[0]:g}, {high[0]:g}{high[1]}"
     if low:

@@ -57,6 +57,8 @@ class _GPT2PyFunc:
         # the model from loading rather than failing every request.
         special_tokens_rule()
         self.lm = keras_gpt2.load(context.artifacts[PRESET_ARTIFACT])
+        # Read once: the plugins' lookup and the declaration are the same for every request.
+        self.options_class = generation_options()
 
     def predict(self, context, model_input, params=None):
         from backends import generation
@@ -64,7 +66,7 @@ class _GPT2PyFunc:
         from registry.errors import UsageError
 
         prompts = _prompts(model_input)
-        config = _generation_config(params or {})
+        config = _generation_config(self.options_class, params or {})
         try:
             prompt_ids = encode_batch(prompts)
         except UsageError as error:  # the setting changed after loading, in the caller's own process
@@ -93,12 +95,11 @@ def _refuse(message: str):
     raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def _generation_config(params: dict):
-    """The same settings, checks and defaults as `gpt2reg generate`, from the served params."""
+def _generation_config(options_class, params: dict):
+    """The same settings, checks and defaults as `gpt2reg generate` (`options_class`), from the served params."""
     from registry.errors import UsageError
     from registry.options import bound_problem, declared, parse
 
-    options_class = generation_options()
     served = {item.name: item for item in declared(options_class) if item.spec.serve}
     values = {}
     for name, item in served.items():
