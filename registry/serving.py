@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -57,8 +58,11 @@ class _GPT2PyFunc:
         # the model from loading rather than failing every request.
         special_tokens_rule()
         self.lm = keras_gpt2.load(context.artifacts[PRESET_ARTIFACT])
-        # Read once: the plugins' lookup and the declaration are the same for every request.
-        self.options_class = generation_options()
+
+    @functools.cached_property
+    def options_class(self):
+        # Read once: the plugins' lookup is the same for every request.
+        return generation_options()
 
     def predict(self, context, model_input, params=None):
         from backends import generation
