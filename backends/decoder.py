@@ -46,6 +46,7 @@ class Decoder(Protocol):
 
     lock: ContextManager  # held for a whole generation: a decoder's caches may be shared between batches
     max_positions: int  # the model's context length: a prompt and its new tokens fit in it
+    runtime: str  # what runs the model: keras, onnx or litert
 
     def cache_length_for(self, prompt_length: int, max_new_tokens: int) -> int:
         """The cache slots a batch gets for prompts of `prompt_length` and `max_new_tokens` more."""

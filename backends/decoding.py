@@ -89,6 +89,8 @@ class CompiledState:
 class CompiledDecoder:
     """Prefill and single-token steps over a KerasHub `GPT2CausalLM`'s weights (a `backends.decoder.Decoder`)."""
 
+    runtime = "keras"
+
     def __init__(self, lm, *, jit_compile: bool = True):
         backbone = unwrap(lm).backbone
         self.num_heads = backbone.num_heads

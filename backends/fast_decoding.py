@@ -118,7 +118,7 @@ def model_tensors(backbone) -> ModelTensors:
         if parts[0][1] is not None:
             int8[f"{name}.weight"] = (np.concatenate([q for _, (q, _) in parts], axis=1),
                                       np.concatenate([c for _, (_, c) in parts]))
-            update = _fused_low_rank([lora.factors(dense) for dense in denses], [w.shape[1] for w, _ in parts])
+            update = fused_low_rank([lora.factors(dense) for dense in denses], [w.shape[1] for w, _ in parts])
             if update is not None:
                 low_rank[f"{name}.weight"] = update
 
@@ -146,7 +146,7 @@ def model_tensors(backbone) -> ModelTensors:
     return ModelTensors(tensors, int8, low_rank, precision)
 
 
-def _fused_low_rank(factors: list, widths: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+def fused_low_rank(factors: list, widths: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
     """One (A, B) for matrices side by side (query, key and value as one product): A's columns
     and B's rows are those of each adapted matrix in turn, B placed under that matrix's columns."""
     if all(pair is None for pair in factors):

@@ -117,7 +117,10 @@ class StreamEvent:
 
 
 def generate(lm, prompts: list[list[int]], config: GenerationConfig | None = None, **settings) -> list[Generation]:
-    """Continue each prompt; all prompts decode in one batch."""
+    """Continue each prompt; all prompts decode in one batch.
+
+    `lm`: a loaded KerasHub model (decoded on the config's runtime) or a `backends.decoder.Decoder`.
+    """
     return Stream(lm, prompts, config, **settings).results()
 
 
@@ -278,11 +281,9 @@ class _Decoding:
     """Greedy, sampling and contrastive decoding of a batch, one token per step."""
 
     def __init__(self, lm, prompts: list[list[int]], config: GenerationConfig):
-        from backends.decoding import decoder_for
-
         self.config = config
         self.prompts = _unconditional_as_end_of_text(prompts)
-        self.decoder: Decoder = decoder_for(lm, config.xla, config.runtime)
+        self.decoder: Decoder = decoder_of(lm, config)
         self.histories = [list(p) for p in self.prompts]
         self.generated: list[list[int]] = [[] for _ in self.prompts]
         self.trackers = [_TextTracker(config.stop) for _ in self.prompts]
@@ -393,10 +394,18 @@ def _cosine(candidates: np.ndarray, past: np.ndarray) -> np.ndarray:
 # -- beam search -------------------------------------------------------------
 
 
-def _beam_search(lm, prompts: list[list[int]], config: GenerationConfig) -> list[Generation]:
+def decoder_of(model, config: GenerationConfig) -> Decoder:
+    """`model` itself when it is a `Decoder` (as `RunContext.decoding` gives one, maybe without
+    TensorFlow); else the decoder of a loaded Keras model for the config's runtime."""
+    if isinstance(model, Decoder):
+        return model
     from backends.decoding import decoder_for
 
-    decoder = decoder_for(lm, config.xla, config.runtime)
+    return decoder_for(model, config.xla, config.runtime)
+
+
+def _beam_search(lm, prompts: list[list[int]], config: GenerationConfig) -> list[Generation]:
+    decoder = decoder_of(lm, config)
     with decoder.lock:
         return _beam_search_locked(decoder, _unconditional_as_end_of_text(prompts), config)
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from backends.adapter_format import ADAPTER_CONFIG, ADAPTER_FORMAT, ADAPTER_WEIGHTS, merged_kernel
 from backends.configs import LORA_TARGETS
 from backends.loaded_model import LoadedModel, unwrap
 from registry.errors import UsageError
@@ -38,9 +39,6 @@ from registry.errors import UsageError
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
-ADAPTER_WEIGHTS = "adapter.lora.h5"
-ADAPTER_CONFIG = "adapter.json"
-ADAPTER_FORMAT = "gpt2reg-lora/1"
 BASE_QUANTIZATIONS = (None, "int8")
 
 
@@ -249,12 +247,7 @@ def folded_kernel(layer, kernel: np.ndarray) -> np.ndarray:
         return kernel
     a = ops.convert_to_numpy(low_rank.a)
     b = ops.convert_to_numpy(low_rank.b)
-    return _merged(np.asarray(kernel), a, b, low_rank.scale)
-
-
-def _merged(kernel: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarray:
-    update = (scale * (a.astype("float64") @ b.astype("float64"))).reshape(kernel.shape)
-    return (kernel.astype("float64") + update).astype("float32")
+    return merged_kernel(np.asarray(kernel), a, b, low_rank.scale)
 
 
 def save_adapter(model, folder: str | Path) -> Path:
@@ -309,4 +302,4 @@ def merge_into(adapted, plain_model) -> None:
     plain = _weighted_layers(unwrap(plain_model).backbone)
     for index, (a, b) in _factors(loaded).items():
         kernel = plain[index]._kernel
-        kernel.assign(_merged(ops.convert_to_numpy(kernel), a, b, scale))
+        kernel.assign(merged_kernel(ops.convert_to_numpy(kernel), a, b, scale))

@@ -14,8 +14,15 @@ output, as `gpt2reg quantize --mode int8` writes them) are read; a preset of
 any other precision (int4, GPTQ, AWQ, float8, bfloat16) is refused with a
 line that says to load it through Keras.
 
+A LoRA adapter (`adapter.lora.h5`, see `backends.lora`) is read over its
+base's tensors: over a float32 base each factor pair is folded into its
+matrix exactly as `gpt2reg merge` writes it (so the adapter decodes with its
+merged variant's weights, and shares its graph file); over an int8 base the
+update is kept apart, as Keras computes it.
+
 Example:
     >>> decoder = decoder_from_preset("preset-folder", "onnx", cache_dir="runtimes")
+    >>> adapted = decoder_from_preset("base-folder", "onnx", adapter_dir="adapter-folder")
     >>> tensors = read_model_tensors("preset-folder")
     >>> tensors.tensors["transformer.h.0.attn.c_attn.weight"].shape
     (64, 192)
@@ -112,6 +119,49 @@ def read_model_tensors(preset_dir: str | Path) -> ModelTensors:
     return ModelTensors(tensors=tensors, int8=int8, low_rank={}, precision=precision)
 
 
+# What Keras's int8 mode quantizes in a GPT-2 backbone: every dense matrix, one scale per output.
+_INT8_MATRICES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+def _abs_max_int8(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keras's `abs_max_quantize` (to_numpy, as its int8 mode runs it): int8 values and the scale they
+    were multiplied by, in the same float32 operations."""
+    scale = np.divide(127, np.add(np.max(np.abs(values), axis=axis, keepdims=True), 1e-7))
+    return np.clip(np.round(np.multiply(values, scale)), -127, 127).astype(np.int8), scale.astype(np.float32)
+
+
+def quantized_int8(weights: ModelTensors) -> ModelTensors:
+    """A float32 model's tensors as Keras's int8 mode quantizes them (``lora --quantize-base int8``
+    quantizes its base so when loading it): the same int8 values and scales, the same digest."""
+    if weights.precision != "float32":
+        raise ValueError(f"only float32 weights are quantized to int8, not {weights.precision}")
+    tensors, int8 = dict(weights.tensors), {}
+    for index in range(sum(name.endswith(".attn.c_attn.weight") for name in tensors)):
+        for matrix in _INT8_MATRICES:
+            name = f"transformer.h.{index}.{matrix}.weight"
+            values, scale = _abs_max_int8(tensors[name], axis=0)
+            column_scale = (1.0 / scale).reshape(-1)
+            tensors[name] = values.astype(np.float32) * column_scale
+            int8[name] = (values, column_scale)
+    values, scale = _abs_max_int8(tensors["transformer.wte.weight"], axis=-1)  # one scale per row
+    row_scale = 1.0 / scale.reshape(-1)
+    tensors["transformer.wte.weight"] = values.astype(np.float32) * row_scale[:, None]
+    int8["transformer.lm_head.weight"] = (values.T, row_scale)
+    return ModelTensors(tensors=tensors, int8=int8, low_rank=dict(weights.low_rank), precision="int8")
+
+
+def readable_precision(preset_dir: str | Path) -> str | None:
+    """``float32`` or ``int8`` when the preset's weights can be read here, else None (it needs Keras)."""
+    try:
+        config = json.loads((Path(preset_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+        shape = config.get("config", config)
+        if not (Path(preset_dir) / WEIGHTS_FILE).is_file() or not {"hidden_dim", "num_layers"} <= set(shape):
+            return None  # not a KerasHub preset (a Hugging Face folder, an export)
+        return _precision(Path(preset_dir), shape)
+    except (OSError, ValueError, AttributeError, TypeError, UsageError):
+        return None
+
+
 def _precision(preset_dir: Path, shape: dict) -> str:
     """``float32`` or ``int8`` from the preset's dtype policy; any other precision is refused."""
     policy = json.dumps(shape.get("dtype"))
@@ -124,9 +174,17 @@ def _precision(preset_dir: Path, shape: dict) -> str:
     return "int8" if modes else "float32"
 
 
-def decoder_from_preset(preset_dir: str | Path, runtime: str = "onnx", cache_dir: str | Path | None = None) -> RuntimeDecoder:
-    """The runtime decoder of a float32 or int8 preset, built from its files alone: the same graph file
-    `RuntimeDecoder.build` writes for the loaded model."""
+def decoder_from_preset(preset_dir: str | Path, runtime: str = "onnx", cache_dir: str | Path | None = None, *,
+                        adapter_dir: str | Path | None = None) -> RuntimeDecoder:
+    """The runtime decoder of a float32 or int8 preset (with the adapter in `adapter_dir` applied, when
+    given), built from its files alone: the same graph file `RuntimeDecoder.build` writes for the loaded model."""
     config = json.loads((Path(preset_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
-    return RuntimeDecoder.from_tensors(read_model_tensors(preset_dir), config.get("config", config), runtime,
-                                       cache_dir)
+    shape = config.get("config", config)
+    weights = read_model_tensors(preset_dir)
+    if adapter_dir is not None:
+        from backends.adapter_files import apply_adapter, needs_quantized_base
+
+        if needs_quantized_base(adapter_dir) and weights.precision == "float32":
+            weights = quantized_int8(weights)  # the adapter trained over its base quantized so
+        weights = apply_adapter(weights, adapter_dir, int(shape["num_layers"]))
+    return RuntimeDecoder.from_tensors(weights, shape, runtime, cache_dir)

@@ -119,12 +119,12 @@ class Generate(Capability):
             )
         from backends import generation
 
-        with context.strategy().scope():
-            lm = context.load_model()
+        # A float32 or int8 variant (or an adapter over one) decodes from its files without TensorFlow.
+        with context.decoding(runtime=config.runtime, xla=config.xla) as decoder:
             if options.on_text is None:
-                results = generation.generate(lm, prompt_ids, config)
+                results = generation.generate(decoder, prompt_ids, config)
             else:
-                decoding = generation.Stream(lm, prompt_ids, config)
+                decoding = generation.Stream(decoder, prompt_ids, config)
                 for event in decoding:
                     options.on_text(event)
                 results = decoding.results()
@@ -138,9 +138,7 @@ class Generate(Capability):
         settings_used = {key: value for key, value in vars_of(config).items() if key != "stop" or value}
         settings_used["truncate"] = truncate
         settings_used["special_tokens"] = special_tokens_rule()  # how the prompts became ids
-        from backends.decoding import resolve_runtime
-
-        settings_used["runtime"] = resolve_runtime(lm, config.xla, config.runtime)
+        settings_used["runtime"] = decoder.runtime
         output = {"outputs": outputs, "runtime": settings_used["runtime"]}
         if truncated:
             output["truncated"] = truncated

@@ -163,6 +163,24 @@ class RunContext:
             raise UsageError("this capability needs a variant with a parent")
         return self._reader().load(self.variant.parent)
 
+    @contextmanager
+    def decoding(self, runtime: str = "auto", xla: bool | None = None) -> Iterator[Any]:
+        """The parent variant's decoder (a `backends.decoder.Decoder`) for the block.
+
+        A float32 or int8 variant, or an adapter over one, decodes through onnxruntime from its
+        files, without TensorFlow; any other (or ``runtime="keras"``, or an `xla` setting) through
+        its KerasHub model, inside the device's strategy. Either stays loaded in this process.
+        """
+        if self.variant is None:
+            raise UsageError("this capability needs a model reference")
+        reader = self._reader()
+        decoder = reader.light_decoder(self.variant, runtime=runtime, xla=xla)
+        if decoder is not None:
+            yield decoder
+            return
+        with self.strategy().scope():
+            yield reader.keras_decoder(self.variant, runtime=runtime, xla=xla, device=self.device)
+
     def strategy(self):
         """The ``tf.distribute`` strategy the ``select_strategy`` hook picks for ``device``."""
         if self.hook is None:

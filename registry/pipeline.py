@@ -48,6 +48,11 @@ class VariantReader(Protocol):
 
     def preset_path(self, variant: str | Variant) -> Path: ...
 
+    def light_decoder(self, variant: str | Variant, *, runtime: str = "auto", xla: bool | None = None) -> Any: ...
+
+    def keras_decoder(self, variant: str | Variant, *, runtime: str = "auto", xla: bool | None = None,
+                      device: str = "auto") -> Any: ...
+
 
 def disk_full(error: BaseException | None) -> bool:
     """Whether `error`, or an error it came from, is a full disk (or quota)."""

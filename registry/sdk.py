@@ -159,6 +159,29 @@ class Registry:
         lora.load_adapter(lm, path)
         return lm
 
+    def _decoders(self):
+        from registry.inference import VariantDecoders
+
+        return VariantDecoders(get=self.get, preset_path=self.preset_path, load=self.load,
+                               runtime_cache=self.home.runtimes if self.home.is_local else None)
+
+    def light_decoder(self, variant: "str | Variant", *, runtime: str = "auto", xla: bool | None = None):
+        """The variant's onnxruntime (or LiteRT) decoder built from its files without TensorFlow, kept
+        loaded in this process; None when the variant needs Keras (see `registry.inference`)."""
+        return self._decoders().light(self.get(variant), runtime=runtime, xla=xla)
+
+    def keras_decoder(self, variant: "str | Variant", *, runtime: str = "auto", xla: bool | None = None,
+                      device: str = "auto"):
+        """The variant's decoder through its KerasHub model, which is kept loaded in this process."""
+        return self._decoders().keras(self.get(variant), runtime=runtime, xla=xla, device=device)
+
+    def release(self, variant: "str | Variant | None" = None) -> int:
+        """Free what this process keeps loaded for `variant` (for every variant when None);
+        returns how many decoders and models were let go."""
+        from registry.inference import KEPT
+
+        return KEPT.release(None if variant is None else self.get(variant).content_hash)
+
     def _with_runtime_cache(self, lm):
         # Decoders for onnxruntime and LiteRT are built from the weights once and kept in
         # the home by the weights' digest (`backends.fast_decoding`), so later runs reuse them.

@@ -62,7 +62,7 @@ def decoders(lm, tmp_path_factory):
 
 def test_the_protocols_name_what_generation_uses():
     assert set(_methods(Decoder)) == {"start", "step", "reorder", "cache_length_for"}
-    assert _data(Decoder) == {"lock", "max_positions"}
+    assert _data(Decoder) == {"lock", "max_positions", "runtime"}
     assert _data(DecodeState) == {"logits", "hidden", "prompt_hidden", "positions"}
     assert _properties(DecodeState) == {"batch_size", "cache_length"}
 

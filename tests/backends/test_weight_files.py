@@ -119,3 +119,17 @@ def test_other_precisions_and_damaged_files_are_refused_in_one_line(preset, tmp_
         store[path] = values.astype(np.float16)
     with pytest.raises(UsageError, match=r"holds float16 weights .* load it with --runtime keras"):
         read_model_tensors(damaged)
+
+
+def test_an_adapters_layer_indices_name_the_layers_keras_numbers():
+    import keras_hub
+
+    from backends import lora
+    from backends.adapter_files import weighted_layer_name
+    from backends.configs import CONFIGS
+
+    backbone = keras_hub.models.GPT2Backbone(**{**CONFIGS["tiny"], "num_layers": 3})
+    layers = lora._weighted_layers(backbone)
+    assert [weighted_layer_name(index, 3) for index in range(len(layers))] == [layer.path for layer in layers]
+    with pytest.raises(Exception, match="has no layer 33"):
+        weighted_layer_name(len(layers), 3)

@@ -8,84 +8,24 @@ was refused before TensorFlow was loaded (what makes the refusal immediate).
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
+from tests.registry.conftest import HEAVY
 
-# A line any of these libraries would print: absl's prefix (I0000 00:00:...), its pre-init notice,
-# the Python loggers' "WARNING:tensorflow:", Keras and TensorFlow warnings (their file paths),
-# retracing notes, XLA, oneDNN, CUDA probing and TFLite's delegate note. Case matters for "keras":
-# the CLI's own messages name "KerasHub", a library's path or logger is lower case.
-LIBRARY_LINE = re.compile(
-    r"tensorflow|TensorFlow|oneDNN|cuda|CUDA|absl|XLA|[IWEF]0000 |retracing|keras|"
-    r"WARNING: All log messages|XNNPACK|cpu_feature_guard"
-)
 STARTUP_LINE = re.compile(r"^([IWEF]0000 |WARNING: All log messages)|oneDNN|cuda drivers", re.MULTILINE)
-HEAVY = ("tensorflow", "keras", "keras_hub")
-
-# `gpt2reg ARGS` exactly as the console script runs it (registry.cli:main), then a note of the
-# heavy packages it imported, written to a file so that stderr stays the command's own.
-RUNNER = textwrap.dedent(
-    """
-    import json, sys
-    report, args = sys.argv[1], sys.argv[2:]
-    from registry.cli import main
-    try:
-        main(args)
-    finally:
-        loaded = sorted({name.split(".")[0] for name in sys.modules} & {"tensorflow", "keras", "keras_hub"})
-        with open(report, "w") as out:
-            json.dump(loaded, out)
-    """
-)
-
-
-class Run:
-    def __init__(self, done: subprocess.CompletedProcess, imported: list[str]):
-        self.code, self.stdout, self.stderr, self.imported = done.returncode, done.stdout, done.stderr, imported
-
-    def library_lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if LIBRARY_LINE.search(line)]
-
-    def __repr__(self):
-        return (f"Run(code={self.code}, imported={self.imported}, stdout={self.stdout[-400:]!r}, "
-                f"stderr={self.stderr[-1500:]!r})")
-
-
-@pytest.fixture
-def run_cli(tmp_path):
-    def run(*args, env: dict | None = None, pythonpath: list[Path] = ()) -> Run:
-        report = tmp_path / "imported.json"
-        report.unlink(missing_ok=True)
-        environment = dict(os.environ)
-        # The settings under test are the CLI's own: nothing inherited from this test process
-        # (which may have set TF_CPP_MIN_LOG_LEVEL itself by importing the backends).
-        for name in ("TF_CPP_MIN_LOG_LEVEL", "GPT2REG_VERBOSE", "GPT2REG_DEBUG", "GRPC_VERBOSITY", "COLUMNS"):
-            environment.pop(name, None)
-        environment["PYTHONPATH"] = os.pathsep.join(
-            [*map(str, pythonpath), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-        environment.update(env or {})
-        done = subprocess.run([sys.executable, "-c", RUNNER, str(report), *map(str, args)], capture_output=True,
-                              text=True, env=environment, cwd=tmp_path, timeout=600)
-        imported = json.loads(report.read_text()) if report.exists() else ["(the runner wrote no report)"]
-        return Run(done, imported)
-
-    return run
 
 
 def test_a_successful_generate_prints_only_its_text(run_cli, imported_home):
-    result = run_cli("generate", "fx", "The meaning of", "--max-new-tokens", "4", "--home", imported_home)
+    # Through Keras: the silence is not for want of TensorFlow (the float32 default decodes without it).
+    result = run_cli("generate", "fx", "The meaning of", "--max-new-tokens", "4", "--runtime", "keras",
+                     "--home", imported_home)
     assert result.code == 0, result
     assert result.stdout.startswith("The meaning of") and len(result.stdout) > len("The meaning of\n"), result
-    assert "tensorflow" in result.imported, result  # the model ran, so the silence is not for want of TensorFlow
+    assert "tensorflow" in result.imported, result
     assert result.library_lines() == [], result
     assert result.stderr == "", result
 
@@ -125,7 +65,8 @@ def test_with_home_before_the_command_a_bad_path_is_refused_before_tensorflow_lo
 @pytest.mark.parametrize("how", ["--verbose", "GPT2REG_VERBOSE=1"])
 def test_verbose_lets_the_libraries_talk(run_cli, imported_home, how):
     flag, env = ([how], None) if how.startswith("--") else ([], dict([how.split("=")]))
-    result = run_cli(*flag, "generate", "fx", "Hello", "--max-new-tokens", "1", "--home", imported_home, env=env)
+    result = run_cli(*flag, "generate", "fx", "Hello", "--max-new-tokens", "1", "--runtime", "keras",
+                     "--home", imported_home, env=env)
     assert result.code == 0, result
     assert result.library_lines(), result
 
@@ -144,7 +85,7 @@ def test_a_traceback_while_tensorflow_loads_still_reaches_the_terminal(run_cli, 
     fake = tmp_path / "broken-site"
     (fake / "keras_hub").mkdir(parents=True)
     (fake / "keras_hub" / "__init__.py").write_text(textwrap.dedent(BROKEN_KERAS_HUB))
-    args = ["generate", "fx", "Hello", "--max-new-tokens", "1", "--home", imported_home]
+    args = ["generate", "fx", "Hello", "--max-new-tokens", "1", "--runtime", "keras", "--home", imported_home]
 
     debug = run_cli(*args, env={"GPT2REG_DEBUG": "1"}, pythonpath=[fake])
     assert debug.code == 1, debug

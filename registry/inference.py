@@ -1,0 +1,168 @@
+"""Decoders of registered variants, opened without TensorFlow where the files allow, and kept loaded.
+
+A float32 or int8 variant, or an adapter over one, decodes through onnxruntime
+from its own files (`backends.weight_files.decoder_from_preset`): `gpt2reg
+generate` on such a variant never imports TensorFlow, Keras or KerasHub. Any
+other variant (int4, GPTQ, AWQ, float8, bfloat16, an HF-layout export), and
+``--runtime keras`` or ``--xla``, loads the KerasHub model as before.
+
+What is opened stays open in this process (`KEPT`): the runtime decoder, or
+the Keras model with its compiled decoders, under the content hashes of the
+weights it was built from. A second call on the same variant pays only for its
+own prefill and decoding. The files are hashed once, when first opened; their
+size and modification time are part of the key, so files changed on disk since
+are opened (and checked against their hash) again. What is kept is bounded by
+the bytes of the weights behind it (``GPT2REG_KEEP_LOADED_MB``, default 4096;
+0 keeps nothing), the least recently used released first; `Registry.release`
+releases on request.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from registry import artifacts
+from registry.errors import RegistryError, UsageError
+from registry.variant import Variant
+
+KEEP_LOADED_ENV = "GPT2REG_KEEP_LOADED_MB"
+DEFAULT_KEEP_LOADED_MB = 4096
+LIGHT_RUNTIMES = ("auto", "onnx", "litert")
+
+
+@dataclass
+class _Kept:
+    value: Any
+    size: int  # bytes of the weight files behind it
+    variants: frozenset[str]  # content hashes it was built from
+
+
+class KeptModels:
+    """Loaded decoders and models by key, least recently used first out past `limit_bytes`."""
+
+    def __init__(self):
+        self._kept: OrderedDict[tuple, _Kept] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def limit_bytes() -> int:
+        text = os.environ.get(KEEP_LOADED_ENV, str(DEFAULT_KEEP_LOADED_MB))
+        try:
+            return max(0, int(float(text) * 2**20))
+        except ValueError:
+            raise UsageError(f"{KEEP_LOADED_ENV}={text!r} is not a number of megabytes; e.g. {KEEP_LOADED_ENV}=2048") from None
+
+    def get(self, key: tuple) -> Any:
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is None:
+                return None
+            self._kept.move_to_end(key)
+            return kept.value
+
+    def put(self, key: tuple, value: Any, *, size: int, variants: frozenset[str]) -> None:
+        limit = self.limit_bytes()
+        with self._lock:
+            self._kept[key] = _Kept(value, size, variants)
+            self._kept.move_to_end(key)
+            while self._kept and sum(kept.size for kept in self._kept.values()) > limit:
+                self._kept.popitem(last=False)
+
+    def release(self, content_hash: str | None = None) -> int:
+        """Forget what was built from `content_hash` (everything when None); returns how many were kept."""
+        with self._lock:
+            keys = [key for key, kept in self._kept.items() if content_hash is None or content_hash in kept.variants]
+            for key in keys:
+                del self._kept[key]
+            return len(keys)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
+KEPT = KeptModels()
+
+
+def _stamp(folder: Path) -> tuple:
+    """What changes when the weight files change on disk: each file's name, size and modification time."""
+    return tuple((file.name, (stat := file.stat()).st_size, stat.st_mtime_ns) for file in artifacts.weight_files(folder))
+
+
+def _weights_size(folder: Path) -> int:
+    return sum(file.stat().st_size for file in artifacts.weight_files(folder))
+
+
+class VariantDecoders:
+    """Opens the decoders of one registry's variants; `Registry.light_decoder` and `Registry.keras_decoder` call it.
+
+    `get`, `preset_path` and `load` are the registry's own (`registry.sdk.Registry`).
+    """
+
+    def __init__(self, *, get: Callable[[Any], Variant], preset_path: Callable[[Variant], Path],
+                 load: Callable[..., Any], runtime_cache: Path | None):
+        self.get, self.preset_path, self.load = get, preset_path, load
+        self.runtime_cache = runtime_cache
+
+    def _checked_files(self, variant: Variant) -> Path:
+        path = self.preset_path(variant)
+        if artifacts.content_hash(path) != variant.content_hash:
+            raise RegistryError(
+                f"the weights of {variant.ref} do not match their recorded hash (damaged files); run `gpt2reg doctor`"
+            )
+        return path
+
+    def _base_of(self, adapter: Variant) -> Variant:
+        base = self.get(adapter.parent)
+        pinned = adapter.tags.get("base_content_hash")
+        if base.content_hash != pinned:
+            raise UsageError(
+                f"adapter {adapter.ref} is pinned to base weights {str(pinned)[:12]}, but {base.ref} holds "
+                f"{base.content_hash[:12]}; load it on {adapter.parent}"
+            )
+        return base
+
+    def light(self, variant: Variant, *, runtime: str = "auto", xla: bool | None = None):
+        """The variant's runtime decoder read from its files without Keras, or None when it needs Keras
+        (another precision, ``runtime="keras"``, an XLA setting, an export Keras cannot load either)."""
+        from backends.weight_files import readable_precision
+
+        if runtime not in LIGHT_RUNTIMES or xla is not None or variant.kind not in ("full", "adapter"):
+            return None
+        runtime = "onnx" if runtime == "auto" else runtime
+        files = [variant]
+        if variant.kind == "adapter":
+            files.insert(0, self._base_of(variant))
+        paths = [self.preset_path(v) for v in files]
+        if readable_precision(paths[0]) is None:
+            return None
+        key = ("light", runtime, *((v.content_hash, _stamp(p)) for v, p in zip(files, paths)))
+        decoder = KEPT.get(key)
+        if decoder is None:
+            from backends.weight_files import decoder_from_preset
+
+            for v in files:
+                self._checked_files(v)
+            adapter = paths[1] if len(paths) > 1 else None
+            decoder = decoder_from_preset(paths[0], runtime, self.runtime_cache, adapter_dir=adapter)
+            KEPT.put(key, decoder, size=sum(_weights_size(p) for p in paths),
+                     variants=frozenset(v.content_hash for v in files))
+        return decoder
+
+    def keras(self, variant: Variant, *, runtime: str = "auto", xla: bool | None = None, device: str = "auto"):
+        """The variant's decoder through its loaded KerasHub model (kept loaded, with its compiled decoders)."""
+        from backends.decoding import decoder_for
+
+        files = [self._base_of(variant), variant] if variant.kind == "adapter" else [variant]
+        paths = [self.preset_path(v) for v in files]
+        key = ("keras", device, *((v.content_hash, _stamp(p)) for v, p in zip(files, paths)))
+        lm = KEPT.get(key)
+        if lm is None:
+            lm = self.load(variant)
+            KEPT.put(key, lm, size=sum(_weights_size(p) for p in paths),
+                     variants=frozenset(v.content_hash for v in files))
+        return decoder_for(lm, xla, runtime)
