@@ -48,6 +48,17 @@ The cases reuse the functions of the other scripts in this folder:
    Per-step figures reach MLflow in one batch when the run is recorded: that
    upload is timed too, and shown spread over the steps.
 
+8. Light inference (`light-*`): cold `gpt2reg generate` in a fresh process,
+   wall and peak RSS, on a `tiny` variant (the quickstart's size: 20 new
+   tokens) and a `gpt2` (124M) one (8 new tokens), each made with `gpt2reg
+   create`: the first call (which writes the runtime graph), the median of
+   `--repeats` later ones, and the same with `--runtime keras` (the path every
+   call took before, through TensorFlow). Then, in one process, repeated
+   `Registry.stream` calls on the `gpt2` variant: seconds from the call to its
+   first token (prefill included), float32 and int8. And the same cold
+   generate through Hugging Face transformers + torch on the same weights
+   (exported with `gpt2reg export --format hf`), in a fresh process.
+
 Peak memory is that of the whole measuring process: a Hugging Face row's
 includes the Keras model its weights were exported from, and both logging
 rows share one process. Run it on otherwise idle cores: other work slows
@@ -122,8 +133,12 @@ CASES = [  # (case, section), in the order they run
     ("cli-help", "start-up"),
     ("load-tiny", "start-up"),
     ("logging", "logging overhead"),
+    ("light-tiny", "light inference"),
+    ("light-gpt2", "light inference"),
+    ("light-repeated", "light inference"),
+    ("light-hf", "light inference"),
 ]
-NEEDS_HF = {"generate-hf", "generate-hf-int8", "train-torch"}  # transformers + torch
+NEEDS_HF = {"generate-hf", "generate-hf-int8", "train-torch", "light-hf"}  # transformers + torch
 
 
 @dataclass(frozen=True)
@@ -152,6 +167,8 @@ class Settings:
     logging_config: str = "tiny"
     logging_steps: int = 60
     logging_data_bytes: int = 400_000
+    light_runs: int = 5
+    light_big_config: str = "gpt2"
 
     @classmethod
     def from_args(cls, args) -> Settings:
@@ -160,7 +177,7 @@ class Settings:
         return cls(quick=True, repeats=1, device=args.device, generate_config="tiny", new_tokens=16,
                    train_config="tiny", train_steps=3, train_seq_len=64, score_config="tiny", score_length=128,
                    score_batches=1, tokenize_bytes=300_000, sample_bytes=100_000, help_runs=3, load_runs=1,
-                   logging_steps=20, logging_data_bytes=200_000)
+                   logging_steps=20, logging_data_bytes=200_000, light_runs=2, light_big_config="tiny")
 
 
 # ---------------------------------------------------------------- helpers shared by the cases
@@ -543,6 +560,143 @@ def case_load_tiny(settings: Settings, case: str) -> dict:
                       "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}]}
 
 
+# ---------------------------------------------------------------- 8. light inference
+
+LIGHT_PROMPT = "The Python tutorial"
+
+
+def _gpt2reg(*args: str, timeout: float = 1800) -> dict:
+    run = measure_process([gpt2reg_executable(), *args], timeout=timeout)
+    if run["returncode"] != 0:
+        raise RuntimeError(f"gpt2reg {' '.join(args[:2])} exited {run['returncode']}: {run['stderr'][-500:]}")
+    return run
+
+
+def _cold_generate_rows(settings: Settings, home: str, ref: str, label: str, new_tokens: int) -> list[dict]:
+    """The first call (writes the graph), later cold calls, and the Keras path, each in a fresh process."""
+    command = ["generate", ref, LIGHT_PROMPT, "--max-new-tokens", str(new_tokens), "--json", "--home", home]
+    first = _gpt2reg(*command)
+    later = [_gpt2reg(*command) for _ in range(settings.light_runs)]
+    keras = [_gpt2reg(*command, "--runtime", "keras") for _ in range(max(1, settings.light_runs // 2))]
+    tokens = json.loads(first["stdout"])["outputs"][0]["token_ids"]
+    same = json.loads(keras[0]["stdout"])["outputs"][0]["token_ids"] == tokens
+    base = {"status": "ok", "new_tokens": new_tokens}
+    return [
+        {**base, "name": f"{label}: first call (writes the graph)", "seconds": first["seconds"],
+         "peak_rss_mb": first["peak_rss_mb"]},
+        {**base, "name": f"{label}: cold call, graph kept", "seconds": statistics.median(r["seconds"] for r in later),
+         "runs_s": [r["seconds"] for r in later], "peak_rss_mb": max(r["peak_rss_mb"] for r in later)},
+        {**base, "name": f"{label}: cold call --runtime keras (through TensorFlow)",
+         "seconds": statistics.median(r["seconds"] for r in keras), "runs_s": [r["seconds"] for r in keras],
+         "peak_rss_mb": max(r["peak_rss_mb"] for r in keras), "same_tokens": same},
+    ]
+
+
+def _light_home(config: str, scratch: str, *, int8: bool = False) -> str:
+    home = str(Path(scratch, "home"))
+    _gpt2reg("create", "v", "--config", config, "--home", home)
+    if int8:
+        _gpt2reg("quantize", "v", "--mode", "int8", "--name", "v-int8", "--home", home)
+    return home
+
+
+def case_light_tiny(settings: Settings, case: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-light-") as scratch:
+        home = _light_home("tiny", scratch)
+        return {"rows": _cold_generate_rows(settings, home, "v", "tiny, 20 tokens", 20)}
+
+
+def case_light_gpt2(settings: Settings, case: str) -> dict:
+    config = settings.light_big_config
+    with tempfile.TemporaryDirectory(prefix="bench-light-") as scratch:
+        home = _light_home(config, scratch)
+        return {"rows": _cold_generate_rows(settings, home, "v", f"{config}, 8 tokens", 8)}
+
+
+# In one process: seconds from each `Registry.stream` call to its first event, the first call apart.
+REPEATED_SNIPPET = """
+import json, sys, time
+import registry
+reg = registry.Registry(sys.argv[1])
+found = {}
+for ref in sys.argv[2:]:
+    seconds = []
+    for _ in range(6):
+        started = time.perf_counter()
+        stream = reg.stream(ref, "The Python tutorial", max_new_tokens=8)
+        next(iter(stream))
+        seconds.append(time.perf_counter() - started)
+        for _ in stream:
+            pass
+    found[ref] = seconds
+heavy = sorted(m for m in ("tensorflow", "keras", "keras_hub") if m in sys.modules)
+print(json.dumps({"seconds": found, "heavy": heavy}))
+"""
+
+
+def case_light_repeated(settings: Settings, case: str) -> dict:
+    config = settings.light_big_config
+    with tempfile.TemporaryDirectory(prefix="bench-light-") as scratch:
+        home = _light_home(config, scratch, int8=True)
+        run = measure_process([sys.executable, "-c", REPEATED_SNIPPET, home, "v", "v-int8"])
+        if run["returncode"] != 0:
+            raise RuntimeError(f"repeated calls failed: {run['stderr'][-500:]}")
+        found = json.loads(run["stdout"].strip().splitlines()[-1])
+    rows = []
+    for ref, label in (("v", "float32"), ("v-int8", "int8")):
+        seconds = found["seconds"][ref]
+        rows.append({"name": f"{config} {label}: call to first token, repeated in one process", "status": "ok",
+                     "seconds": statistics.median(seconds[1:]), "first_call_s": seconds[0], "runs_s": seconds,
+                     "peak_rss_mb": run["peak_rss_mb"], "heavy_modules": found["heavy"]})
+    return {"rows": rows}
+
+
+# Hugging Face's cold generate: a fresh process that imports transformers and torch, loads the
+# exported checkpoint and generates greedily, as a user of that stack would.
+HF_SNIPPET = """
+import json, sys, time
+started = time.perf_counter()
+import torch
+from transformers import GPT2LMHeadModel, GPT2TokenizerFast
+folder, new_tokens = sys.argv[1], int(sys.argv[2])
+tokenizer = GPT2TokenizerFast.from_pretrained(folder)
+model = GPT2LMHeadModel.from_pretrained(folder).eval()
+ids = tokenizer("The Python tutorial", return_tensors="pt").input_ids
+with torch.no_grad():
+    out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.eos_token_id)
+print(json.dumps({"tokens": out[0, ids.shape[1]:].tolist(), "seconds": time.perf_counter() - started}))
+"""
+
+
+def case_light_hf(settings: Settings, case: str) -> dict:
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None:
+        return {"rows": [skipped("HF transformers + torch cold generate", "transformers or torch not installed "
+                                 "(the `bench` extra)")]}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-light-") as scratch:
+        for config, new_tokens in (("tiny", 20), (settings.light_big_config, 8)):
+            home = str(Path(scratch, config, "home"))
+            _gpt2reg("create", "v", "--config", config, "--home", home)
+            folder = str(Path(scratch, config, "hf"))
+            _gpt2reg("export", "v", "--format", "hf", "--out", folder, "--home", home)
+            runs = [measure_process([sys.executable, "-c", HF_SNIPPET, folder, str(new_tokens)])
+                    for _ in range(settings.light_runs)]
+            failed = next((r for r in runs if r["returncode"] != 0), None)
+            if failed:
+                raise RuntimeError(f"transformers failed: {failed['stderr'][-500:]}")
+            ours = json.loads(_gpt2reg("generate", "v", LIGHT_PROMPT, "--max-new-tokens", str(new_tokens),
+                                       "--ignore-end-of-text", "--json", "--home", home)["stdout"])
+            theirs = json.loads(runs[0]["stdout"].strip().splitlines()[-1])["tokens"]
+            rows.append({"name": f"{config}, {new_tokens} tokens: HF transformers + torch cold call", "status": "ok",
+                         "seconds": statistics.median(r["seconds"] for r in runs),
+                         "runs_s": [r["seconds"] for r in runs], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                         "same_tokens": theirs == ours["outputs"][0]["token_ids"]})
+    return {"rows": rows}
+
+
 # ---------------------------------------------------------------- 7. logging overhead
 
 
@@ -663,6 +817,8 @@ CASE_FUNCTIONS = {
     "scoring": case_scoring,
     "tokenize-ours": case_tokenize, "tokenize-tiktoken": case_tokenize, "tokenize-keras": case_tokenize,
     "cli-help": case_cli_help, "load-tiny": case_load_tiny, "logging": case_logging,
+    "light-tiny": case_light_tiny, "light-gpt2": case_light_gpt2, "light-repeated": case_light_repeated,
+    "light-hf": case_light_hf,
 }
 
 
@@ -830,6 +986,22 @@ def add_comparisons(document: dict) -> None:
     int8, keras = find("generate-onnx-int8", 1), find("generate-keras", 1)
     full = next((r for r in rows if r["case"] == "train-full"), None)
     logging_on = next((r for r in rows if r["case"] == "logging" and "overhead_pct" in r), None)
+    def light(prefix: str, what: str) -> dict | None:
+        return next((r for r in rows if r["section"] == "light inference" and r["name"].startswith(prefix)
+                     and what in r["name"]), None)
+
+    big = document["settings"].get("light_big_config", "gpt2")
+    tiny_cold, big_cold = light("tiny,", "graph kept"), light(f"{big},", "graph kept")
+    big_first, repeated = light(f"{big},", "first call"), light(f"{big} float32", "repeated")
+    goals_light = [
+        ("cold generate, tiny, 20 tokens: wall", tiny_cold and tiny_cold["seconds"], "<=", 1.5, " s"),
+        ("cold generate, tiny, 20 tokens: peak RSS", tiny_cold and tiny_cold["peak_rss_mb"], "<=", 300, " MB"),
+        (f"cold generate, {big}, 8 tokens, graph kept: wall", big_cold and big_cold["seconds"], "<=", 3.0, " s"),
+        (f"cold generate, {big}, 8 tokens, graph kept: peak RSS", big_cold and big_cold["peak_rss_mb"], "<=", 1200,
+         " MB"),
+        (f"cold generate, {big}: first call (writes the graph)", big_first and big_first["seconds"], "<=", 15.0, " s"),
+        (f"repeated in-process call, {big} float32: first token", repeated and repeated["seconds"], "<=", 0.3, " s"),
+    ]
     goals = [
         ("ours onnx int8 / stock KerasHub float32, batch 1", int8.get("vs_stock") if int8 else None, ">=", 3.0, "x"),
         ("ours onnx int8 tokens/s, batch 1", int8["tokens_per_s"] if int8 else None, ">=", 80.0, " tok/s"),
@@ -838,6 +1010,7 @@ def add_comparisons(document: dict) -> None:
         ("fine-tuning tokens/s, ours / plain PyTorch", full.get("vs_pytorch") if full else None, ">=", 1.0, "x"),
         ("MLflow logging overhead on the step time", logging_on["overhead_pct"] if logging_on else None,
          "<=", 2.0, " %"),
+        *goals_light,
     ]
     document["goals"] = [
         {"goal": goal, "target": f"{sign} {target:g}{unit}", "value": value, "unit": unit,
@@ -932,6 +1105,13 @@ def render(document: dict) -> str:
              ("overhead", lambda r: fmt(r.get("overhead_pct"), "+.1f", " %")),
              ("MLflow upload s", lambda r: fmt(r.get("mlflow_log_metrics_s"), ".3f")),
              ("overhead incl. upload", lambda r: fmt(r.get("overhead_with_upload_pct"), "+.1f", " %"))])
+    section("Light inference", "light inference",
+            "Each call a fresh process (`gpt2reg generate REF \"The Python tutorial\" --max-new-tokens N`), wall "
+            f"seconds from outside, median of {settings['light_runs']}; the repeated rows are `Registry.stream` "
+            "calls in one process, the call to its first token. Same tokens: against the light call's.",
+            [("what", lambda r: r["name"]), ("seconds", lambda r: fmt(r.get("seconds"), ".2f")),
+             ("first call s", lambda r: fmt(r.get("first_call_s"), ".2f")),
+             ("same tokens", lambda r: "" if "same_tokens" not in r else ("yes" if r["same_tokens"] else "no"))])
     lines += ["## Goals", "", "| goal | target | measured | status |", "|---|---|---:|---|"]
     for goal in document["goals"]:
         status = "not measured" if goal["met"] is None else ("met" if goal["met"] else "not met")

@@ -167,14 +167,17 @@ class RunContext:
     def decoding(self, runtime: str = "auto", xla: bool | None = None) -> Iterator[Any]:
         """The parent variant's decoder (a `backends.decoder.Decoder`) for the block.
 
-        A float32 or int8 variant, or an adapter over one, decodes through onnxruntime from its
-        files, without TensorFlow; any other (or ``runtime="keras"``, or an `xla` setting) through
-        its KerasHub model, inside the device's strategy. Either stays loaded in this process.
+        On the CPU (device ``auto`` or ``cpu``), a float32 or int8 variant, or an adapter over one,
+        decodes through onnxruntime from its files, without TensorFlow; any other (or
+        ``runtime="keras"``, an `xla` setting, another device) through its KerasHub model, inside
+        the device's strategy. Either stays loaded in this process.
         """
         if self.variant is None:
             raise UsageError("this capability needs a model reference")
         reader = self._reader()
-        decoder = reader.light_decoder(self.variant, runtime=runtime, xla=xla)
+        # onnxruntime decodes on the CPU here: a GPU, a cluster or a TPU is a tf.distribute device.
+        light = self.device in ("auto", "cpu")
+        decoder = reader.light_decoder(self.variant, runtime=runtime, xla=xla) if light else None
         if decoder is not None:
             yield decoder
             return

@@ -51,13 +51,34 @@ class _GPT2PyFunc:
     """
 
     def load_context(self, context):
-        from backends import keras_gpt2
+        import json
+
         from backends.tokenizer import special_tokens_rule
+        from backends.weight_files import CONFIG_FILE, decoder_from_preset, readable_precision
 
         # Prompts follow the server's GPT2REG_SPECIAL_TOKENS, as the CLI does; a bad value stops
         # the model from loading rather than failing every request.
         special_tokens_rule()
-        self.lm = keras_gpt2.load(context.artifacts[PRESET_ARTIFACT])
+        self.preset = Path(context.artifacts[PRESET_ARTIFACT])
+        config = json.loads((self.preset / CONFIG_FILE).read_text(encoding="utf-8"))
+        self.context_length = int(config.get("config", config)["max_sequence_length"])
+        # A float32 or int8 variant is served by onnxruntime from its files, without TensorFlow;
+        # any other loads its KerasHub model (as does a request for the keras runtime).
+        self.light = decoder_from_preset(self.preset, "onnx") if readable_precision(self.preset) else None
+        self.lm = None if self.light is not None else self._keras_model()
+
+    def _keras_model(self):
+        from backends import keras_gpt2
+
+        if getattr(self, "lm", None) is None:
+            self.lm = keras_gpt2.load(self.preset)
+        return self.lm
+
+    def _model_for(self, config):
+        """The light decoder when it serves these settings, else the KerasHub model."""
+        if self.light is not None and config.runtime in ("auto", "onnx") and config.xla is None:
+            return self.light
+        return self._keras_model()
 
     @functools.cached_property
     def options_class(self):
@@ -75,12 +96,12 @@ class _GPT2PyFunc:
             prompt_ids = encode_batch(prompts)
         except UsageError as error:  # the setting changed after loading, in the caller's own process
             _refuse(str(error))
-        context_length = self.lm.backbone.max_sequence_length
+        context_length = self.context_length
         for number, ids in enumerate(prompt_ids, 1):
             if len(ids) + config.max_new_tokens > context_length:
                 _refuse(f"prompt {number} has {len(ids)} tokens; with max_new_tokens {config.max_new_tokens} it "
                         f"exceeds the model's context of {context_length}: shorten it or lower max_new_tokens")
-        return [result.text for result in generation.generate(self.lm, prompt_ids, config)]
+        return [result.text for result in generation.generate(self._model_for(config), prompt_ids, config)]
 
 
 with warnings.catch_warnings():

@@ -64,6 +64,31 @@ def test_pyfunc_takes_a_list_or_a_prompt_column_and_generation_params(served, re
         model.predict(["word " * 200], params={"max_new_tokens": 4})
 
 
+# A user's process: load the registered model through MLflow and ask it, then say what it imported.
+LOAD_AND_PREDICT = """
+import json, sys
+import mlflow
+model = mlflow.pyfunc.load_model("models:/fx@prod")
+answers = model.predict(json.loads(sys.argv[1]), params=json.loads(sys.argv[2]))
+heavy = sorted(m for m in ("tensorflow", "keras", "keras_hub") if m in sys.modules)
+print(json.dumps({"answers": answers, "heavy": heavy}))
+"""
+
+
+@pytest.mark.parametrize("runtime", ["auto", "keras"])
+def test_a_float32_model_loads_and_answers_without_tensorflow(served, runtime):
+    home, expected = served
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    done = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, json.dumps(PROMPTS),
+                           json.dumps({"max_new_tokens": 6, "runtime": runtime})],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["answers"] == expected["greedy"]
+    # TensorFlow loads only for a request that asks for Keras.
+    assert (found["heavy"] == []) == (runtime == "auto"), found
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

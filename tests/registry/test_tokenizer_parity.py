@@ -164,14 +164,16 @@ def test_finetune_trains_on_the_ids_hugging_face_gives_and_records_the_rule(impo
     assert settings["train_blocks"] != (len(hf_tokenizer_as_text.encode(SEPARATED * 8).ids) + 1) // 17
 
 
-def test_a_served_model_reads_prompts_by_the_servers_rule(fx_model, hf_tokenizer, hf_tokenizer_as_text, monkeypatch):
+def test_a_served_model_reads_prompts_by_the_servers_rule(imported_home, hf_tokenizer, hf_tokenizer_as_text,
+                                                          monkeypatch):
     from mlflow.exceptions import MlflowException
 
+    from registry.artifacts import PRESET_ARTIFACT
     from registry.errors import UsageError
     from registry.serving import GPT2PyFunc
 
     served = GPT2PyFunc()
-    served.lm = fx_model
+    served.load_context(SimpleNamespace(artifacts={PRESET_ARTIFACT: str(Registry(imported_home).preset_path("fx"))}))
     prompt = "<|endoftext|>" * 200  # too long under either rule: the refusal gives the count
     with pytest.raises(MlflowException, match=f"prompt 1 has {len(hf_tokenizer.encode(prompt).ids)} tokens"):
         served.predict(None, [prompt])
