@@ -670,11 +670,12 @@ print(json.dumps({"tokens": out[0, ids.shape[1]:].tolist(), "seconds": time.perf
 
 
 def case_light_hf(settings: Settings, case: str) -> dict:
-    import importlib.util
-
-    if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None:
+    # Hugging Face's stack may live in an environment of its own (BENCH_HF_PYTHON names its interpreter).
+    python = os.environ.get("BENCH_HF_PYTHON", sys.executable)
+    probe = measure_process([python, "-c", "import torch, transformers"])
+    if probe["returncode"] != 0:
         return {"rows": [skipped("HF transformers + torch cold generate", "transformers or torch not installed "
-                                 "(the `bench` extra)")]}
+                                 "(the `bench` extra, or BENCH_HF_PYTHON)")]}
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-light-") as scratch:
         for config, new_tokens in (("tiny", 20), (settings.light_big_config, 8)):
@@ -682,7 +683,7 @@ def case_light_hf(settings: Settings, case: str) -> dict:
             _gpt2reg("create", "v", "--config", config, "--home", home)
             folder = str(Path(scratch, config, "hf"))
             _gpt2reg("export", "v", "--format", "hf", "--out", folder, "--home", home)
-            runs = [measure_process([sys.executable, "-c", HF_SNIPPET, folder, str(new_tokens)])
+            runs = [measure_process([python, "-c", HF_SNIPPET, folder, str(new_tokens)])
                     for _ in range(settings.light_runs)]
             failed = next((r for r in runs if r["returncode"] != 0), None)
             if failed:

@@ -152,3 +152,26 @@ def test_an_adapter_read_from_its_files_holds_the_loaded_adapters_weights(family
     assert bool(from_files.low_rank) == (which == "int8-adapter")
     for name, (a, b) in from_keras.low_rank.items():
         assert np.array_equal(from_files.low_rank[name][0], a) and np.array_equal(from_files.low_rank[name][1], b)
+
+
+# Every command here runs without TensorFlow, Keras or KerasHub: the read-only ones, and generate
+# on a float32 or int8 variant or an adapter over one (README, "Where it decodes").
+WITHOUT_TENSORFLOW = [
+    ["tokenize", "Hello <|endoftext|> world", "--json"],
+    ["list", "--json"],
+    ["show", "ad", "--json"],
+    ["lineage", "base", "--json"],
+    ["compare", "base", "base-int8", "--json"],
+    ["alias", "base-int8/1", "small"],
+    ["doctor"],
+    ["plugins"],
+    ["generate", "ad", PROMPT, "--sampler", "beam", "--num-beams", "3", "--max-new-tokens", "3"],
+    ["generate", "base-int8", PROMPT, "--sampler", "contrastive", "--max-new-tokens", "3"],
+]
+
+
+@pytest.mark.parametrize("args", WITHOUT_TENSORFLOW, ids=lambda args: " ".join(args[:2]))
+def test_these_commands_never_import_tensorflow(run_cli, family, args):
+    result = run_cli(*args, "--home", family["reg"].home.path)
+    assert result.code == 0, result
+    assert not set(HEAVY) & set(result.imported), result
