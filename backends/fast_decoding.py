@@ -317,8 +317,9 @@ class RuntimeDecoder:
     """Prefill and single-token steps through a runtime session (a `backends.decoder.Decoder`; see the module docstring)."""
 
     def __init__(self, session, *, num_layers: int, num_heads: int, hidden_dim: int, max_positions: int,
-                 runtime: str, precision: str):
+                 runtime: str, precision: str, digest: str | None = None):
         self.session = session
+        self.digest = digest  # of the weights in the graph (its file's name)
         self.num_layers, self.num_heads = num_layers, num_heads
         self.head_dim = hidden_dim // num_heads
         self.max_positions = max_positions
@@ -342,14 +343,9 @@ class RuntimeDecoder:
         precision = weights.precision
         kind = SESSIONS[runtime]
         digest = weights.digest(runtime)
-        folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir(), f"gpt2reg-runtimes-{os.getuid()}")
+        folder = runtime_folder(cache_dir)
         path = folder / f"decoder-{digest}{kind.suffix}"
-        session = None
-        if path.is_file():
-            try:
-                session = kind(path)
-            except Exception:  # a damaged file (the name vouches for the weights, not the bytes): rebuilt
-                path.unlink(missing_ok=True)
+        session = cls._open_kept(path, kind)
         if session is None:
             folder.mkdir(parents=True, exist_ok=True)
             # Written under a temporary name and renamed: a crash leaves no half-written graph behind.
@@ -363,7 +359,32 @@ class RuntimeDecoder:
         del weights
         return cls(session, num_layers=shape["num_layers"], num_heads=shape["num_heads"],
                    hidden_dim=shape["hidden_dim"], max_positions=shape["max_sequence_length"],
-                   runtime=runtime, precision=precision)
+                   runtime=runtime, precision=precision, digest=digest)
+
+    @classmethod
+    def from_kept_graph(cls, digest: str, precision: str, shape: dict, runtime: str,
+                        cache_dir: str | os.PathLike | None = None) -> "RuntimeDecoder | None":
+        """The decoder of a graph already kept under `digest`, without reading any weights; None
+        when there is none (or it cannot be opened)."""
+        if runtime not in SESSIONS:
+            raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(SESSIONS)}")
+        kind = SESSIONS[runtime]
+        session = cls._open_kept(runtime_folder(cache_dir) / f"decoder-{digest}{kind.suffix}", kind)
+        if session is None:
+            return None
+        return cls(session, num_layers=shape["num_layers"], num_heads=shape["num_heads"],
+                   hidden_dim=shape["hidden_dim"], max_positions=shape["max_sequence_length"],
+                   runtime=runtime, precision=precision, digest=digest)
+
+    @staticmethod
+    def _open_kept(path: Path, kind):
+        if not path.is_file():
+            return None
+        try:
+            return kind(path)
+        except Exception:  # a damaged file (the name vouches for the weights, not the bytes): rebuilt
+            path.unlink(missing_ok=True)
+            return None
 
     def _run(self, tokens: np.ndarray, positions: np.ndarray, last_index: np.ndarray, bias: np.ndarray,
              state: RuntimeState) -> dict[str, np.ndarray]:
@@ -440,6 +461,11 @@ class RuntimeDecoder:
         state.logits, state.hidden = state.logits[rows], state.hidden[rows]
         if state.prompt_hidden is not None:
             state.prompt_hidden = state.prompt_hidden[rows]
+
+
+def runtime_folder(cache_dir: str | os.PathLike | None) -> Path:
+    """Where runtime graphs are kept: `cache_dir`, or a folder of this user's in the temporary directory."""
+    return Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir(), f"gpt2reg-runtimes-{os.getuid()}")
 
 
 def next_token_log_probs(decoder: Decoder, ids: list[int]) -> np.ndarray:

@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -175,11 +176,29 @@ def _precision(preset_dir: Path, shape: dict) -> str:
 
 
 def decoder_from_preset(preset_dir: str | Path, runtime: str = "onnx", cache_dir: str | Path | None = None, *,
-                        adapter_dir: str | Path | None = None) -> RuntimeDecoder:
+                        adapter_dir: str | Path | None = None, files_key: str | None = None) -> RuntimeDecoder:
     """The runtime decoder of a float32 or int8 preset (with the adapter in `adapter_dir` applied, when
-    given), built from its files alone: the same graph file `RuntimeDecoder.build` writes for the loaded model."""
+    given), built from its files alone: the same graph file `RuntimeDecoder.build` writes for the loaded model.
+
+    `files_key`: a digest the caller vouches for the files by (the registry's content hashes, checked
+    against the files). A graph written for the same key is then opened without reading the weights
+    at all (for `gpt2`, reading and digesting 500 MB is most of a cold call); the key is noted beside
+    the graph when it is written.
+    """
     config = json.loads((Path(preset_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
     shape = config.get("config", config)
+    note = None
+    if files_key is not None:
+        from backends.fast_decoding import GRAPH_VERSION, runtime_folder
+
+        note = runtime_folder(cache_dir) / f"files-{files_key}-{runtime}-v{GRAPH_VERSION}.json"
+        try:
+            kept = json.loads(note.read_text(encoding="utf-8"))
+            decoder = RuntimeDecoder.from_kept_graph(kept["digest"], kept["precision"], shape, runtime, cache_dir)
+            if decoder is not None:
+                return decoder
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no note yet, or an unreadable one: the weights are read and the note written again
     weights = read_model_tensors(preset_dir)
     if adapter_dir is not None:
         from backends.adapter_files import apply_adapter, needs_quantized_base
@@ -187,4 +206,9 @@ def decoder_from_preset(preset_dir: str | Path, runtime: str = "onnx", cache_dir
         if needs_quantized_base(adapter_dir) and weights.precision == "float32":
             weights = quantized_int8(weights)  # the adapter trained over its base quantized so
         weights = apply_adapter(weights, adapter_dir, int(shape["num_layers"]))
-    return RuntimeDecoder.from_tensors(weights, shape, runtime, cache_dir)
+    decoder = RuntimeDecoder.from_tensors(weights, shape, runtime, cache_dir)
+    if note is not None:
+        partial = note.with_name(f".{note.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps({"digest": decoder.digest, "precision": decoder.precision}), encoding="utf-8")
+        os.replace(partial, note)  # whole or absent
+    return decoder

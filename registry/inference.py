@@ -19,6 +19,7 @@ releases on request.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -97,6 +98,16 @@ def _weights_size(folder: Path) -> int:
     return sum(file.stat().st_size for file in artifacts.weight_files(folder))
 
 
+def _files_key(variants: list[Variant], paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for variant, path in zip(variants, paths):
+        digest.update(variant.content_hash.encode() + b"\0")
+        for settings in ("config.json", "adapter.json"):
+            if (path / settings).is_file():
+                digest.update((path / settings).read_bytes() + b"\0")
+    return digest.hexdigest()[:32]
+
+
 class VariantDecoders:
     """Opens the decoders of one registry's variants; `Registry.light_decoder` and `Registry.keras_decoder` call it.
 
@@ -148,7 +159,11 @@ class VariantDecoders:
             for v in files:
                 self._checked_files(v)
             adapter = paths[1] if len(paths) > 1 else None
-            decoder = decoder_from_preset(paths[0], runtime, self.runtime_cache, adapter_dir=adapter)
+            # The weight files were just checked against their content hashes: those, with the
+            # settings files beside them, name the graph too.
+            files_key = _files_key(files, paths)
+            decoder = decoder_from_preset(paths[0], runtime, self.runtime_cache, adapter_dir=adapter,
+                                          files_key=files_key)
             KEPT.put(key, decoder, size=sum(_weights_size(p) for p in paths),
                      variants=frozenset(v.content_hash for v in files))
         return decoder

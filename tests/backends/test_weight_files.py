@@ -133,3 +133,27 @@ def test_an_adapters_layer_indices_name_the_layers_keras_numbers():
     assert [weighted_layer_name(index, 3) for index in range(len(layers))] == [layer.path for layer in layers]
     with pytest.raises(Exception, match="has no layer 33"):
         weighted_layer_name(len(layers), 3)
+
+
+def test_a_graph_kept_for_the_same_files_opens_without_reading_the_weights(preset, tmp_path, monkeypatch):
+    from backends import weight_files
+
+    first = weight_files.decoder_from_preset(preset, "onnx", tmp_path, files_key="k1")
+
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("the weights were read again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(weight_files, "read_model_tensors", must_not_read)
+        again = weight_files.decoder_from_preset(preset, "onnx", tmp_path, files_key="k1")
+        assert again.digest == first.digest
+        with pytest.raises(AssertionError, match="read again"):  # other files: another key
+            weight_files.decoder_from_preset(preset, "onnx", tmp_path, files_key="k2")
+    # A damaged graph is written again from the weights, under the same name.
+    graph = tmp_path / f"decoder-{first.digest}.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    rebuilt = weight_files.decoder_from_preset(preset, "onnx", tmp_path, files_key="k1")
+    assert rebuilt.digest == first.digest and graph.stat().st_size > 1000
+    with rebuilt.lock:
+        state = rebuilt.start([[464, 2068]], max_new_tokens=1)
+    assert state.logits.shape[-1] == 50257

@@ -13,6 +13,7 @@ import traceback
 from datetime import datetime, timezone
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -296,11 +297,26 @@ def test_migration_runs_on_open_and_not_again(url, monkeypatch):
     assert alembic_versions(url) == [head]
 
     upgrades = []
-    monkeypatch.setattr(store_module.command, "upgrade", lambda *a, **k: upgrades.append(a))
+    monkeypatch.setattr(command, "upgrade", lambda *a, **k: upgrades.append(a))
     with LineageStore(url) as reopened:
         reopened.add_variant(name="gpt2", version=1, **fields())
     assert upgrades == []
     assert alembic_versions(url) == [head]
+
+
+def test_an_up_to_date_store_opens_without_alembic(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    assert store_module.SCHEMA_HEAD == head_revision()  # the constant the fast path compares with
+    url = f"sqlite:///{tmp_path / 'lineage.db'}"
+    LineageStore(url).close()
+    program = ("import sys; from registry.lineage import LineageStore; LineageStore(sys.argv[1]).close(); "
+               "print('alembic' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", program, url], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr[-1500:]
 
 
 def test_a_store_made_before_exports_upgrades_and_keeps_its_rows(url):
@@ -309,7 +325,7 @@ def test_a_store_made_before_exports_upgrades_and_keeps_its_rows(url):
     engine = engine_for(url)
     with engine.connect() as conn:  # the schema as the first release made it
         config.attributes["connection"] = conn
-        store_module.command.upgrade(config, "0001")
+        command.upgrade(config, "0001")
         conn.commit()
     insert = ("INSERT INTO variants (name, version, kind, operation, config, parameters, size_bytes, "
               "content_hash, metrics, tags) VALUES (:name, 1, :kind, :kind, '{}', 1, 1, 'h', '{}', '{}')")
