@@ -15,48 +15,16 @@ Example:
 
 from __future__ import annotations
 
-import math
 import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
 from backends.loaded_model import LoadedModel, unwrap
+from backends.perplexity import Score, windows  # noqa: F401  (windows: part of this module's interface)
 
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Score:
-    total_nll: float
-    tokens: int  # tokens whose likelihood was counted
-
-    @property
-    def mean_nll(self) -> float:
-        return self.total_nll / self.tokens if self.tokens else float("nan")
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(self.mean_nll) if self.tokens else float("nan")
-
-
-def windows(token_ids: list[int], context: int, stride: int) -> list[tuple[list[int], int]]:
-    """(window ids, number of targets at the window's end) covering tokens 2..n once."""
-    n = len(token_ids)
-    if n < 2:
-        return []
-    if n <= context:
-        return [(list(token_ids), n - 1)]
-    spans = []
-    previous_end = 1  # token 0 is never a target
-    begin = 0
-    while previous_end < n:
-        end = min(begin + context, n)
-        spans.append((list(token_ids[begin:end]), end - previous_end))
-        previous_end = end
-        begin += stride
-    return spans
 
 
 def forget_compiled(model) -> None:

@@ -151,6 +151,27 @@ def quantized_int8(weights: ModelTensors) -> ModelTensors:
     return ModelTensors(tensors=tensors, int8=int8, low_rank=dict(weights.low_rank), precision="int8")
 
 
+def output_embedding(preset_dir: str | Path, *, as_int8: bool = False) -> np.ndarray:
+    """The token embedding [vocabulary, width] as float32, which GPT-2 also multiplies its final states by
+    for the logits; an int8 preset's dequantized, and with `as_int8` a float32 one's as Keras's int8 mode
+    would quantize it (the base of ``lora --quantize-base int8``). Read alone, not with every weight."""
+    import h5py
+
+    from backends import model_files
+
+    weights = Path(preset_dir) / WEIGHTS_FILE
+    model_files.check_hdf5_file(weights)
+    with h5py.File(weights, "r") as store:
+        group = store["layers/reversible_embedding/vars"]
+        table = np.asarray(group["0"])
+        if table.dtype == np.int8:
+            return table.astype(np.float32) * (1.0 / np.asarray(group["1"], dtype=np.float32)).reshape(-1, 1)
+    if as_int8:
+        values, scale = _abs_max_int8(table, axis=-1)
+        return values.astype(np.float32) * (1.0 / scale.reshape(-1))[:, None]
+    return table.astype(np.float32, copy=False)
+
+
 def readable_precision(preset_dir: str | Path) -> str | None:
     """``float32`` or ``int8`` when the preset's weights can be read here, else None (it needs Keras)."""
     try:

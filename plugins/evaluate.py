@@ -15,11 +15,15 @@ score goes into a table the core logs to MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 from registry import Capability, CapabilityResult, hookimpl, option
 from registry.errors import UsageError
+
+
+SCORING_RUNTIMES = ("auto", "onnx", "keras")
 
 
 class Evaluate(Capability):
@@ -46,6 +50,9 @@ class Evaluate(Capability):
         max_new_tokens: int = option(32, at_least=1, help="Generation tasks: tokens per answer.")
         stop: str = option("\n", help="Generation tasks: the answer ends before this text.")
         limit: int | None = option(at_least=1, help="Only the first N examples of the task.")
+        runtime: str = option("auto", choices=SCORING_RUNTIMES,
+                              help="What scores perplexity: onnx (float32 and int8 variants and adapters over them, "
+                                   "without TensorFlow) or keras; auto: onnx where it can. Tasks score with Keras.")
 
         def __post_init__(self):
             if not self.data and not self.task:
@@ -85,20 +92,31 @@ class Evaluate(Capability):
         if task:
             requests = _task_requests(task, task_name, shots, train, template, seed, limit, max_new_tokens,
                                       context_length)
-        from backends import scoring
-
         metrics: dict[str, float] = {}
         output: dict = {}
         # Recorded so two evaluations of the same files under different rules are told apart.
         settings: dict = {"special_tokens": special_tokens}
         tables: dict = {}
-        with context.strategy().scope():
-            lm = context.load_model()
+        # Perplexity alone on a float32 or int8 variant (or an adapter over one) is scored through
+        # onnxruntime from its files, without TensorFlow; tasks and other variants load Keras.
+        scorer = context.light_scorer() if requests is None and options.runtime != "keras" else None
+        if scorer is None and options.runtime == "onnx":
+            why = ("tasks score with Keras" if requests is not None else
+                   "onnxruntime scores float32 and int8 variants, and adapters over them")
+            raise UsageError(f"--runtime onnx cannot score {context.variant.ref}: {why}; use --runtime keras")
+        with contextlib.nullcontext() if scorer is not None else context.strategy().scope():
+            lm = context.load_model() if scorer is None else None
             if documents is not None:
-                score = scoring.score(lm, documents, stride=stride, batch_size=batch_size)
+                if scorer is not None:
+                    score = scorer.score(documents, stride=stride, batch_size=batch_size)
+                else:
+                    from backends import scoring
+
+                    score = scoring.score(lm, documents, stride=stride, batch_size=batch_size)
                 metrics.update(perplexity=score.perplexity, mean_nll=score.mean_nll, tokens=score.tokens,
                                bits_per_byte=score.total_nll / math.log(2) / _scored_bytes(documents))
-                output.update(data=texts.sources, data_digest=texts.digest)
+                output.update(data=texts.sources, data_digest=texts.digest,
+                              runtime=scorer.runtime if scorer is not None else "keras")
                 settings.update(data_digest=texts.digest, stride=stride or context_length // 2)
             if requests is not None:
                 task_metrics, rows = requests.score(lm, batch_size=batch_size, stop=stop)

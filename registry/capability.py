@@ -184,6 +184,15 @@ class RunContext:
         with self.strategy().scope():
             yield reader.keras_decoder(self.variant, runtime=runtime, xla=xla, device=self.device)
 
+    def light_scorer(self):
+        """A perplexity scorer of the parent variant through onnxruntime, without TensorFlow (a
+        `backends.perplexity.RuntimeScorer`), on the CPU devices; None when it needs Keras."""
+        if self.variant is None:
+            raise UsageError("this capability needs a model reference")
+        if self.device not in ("auto", "cpu"):
+            return None
+        return self._reader().light_scorer(self.variant)
+
     def strategy(self):
         """The ``tf.distribute`` strategy the ``select_strategy`` hook picks for ``device``."""
         if self.hook is None:

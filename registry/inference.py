@@ -168,6 +168,30 @@ class VariantDecoders:
                      variants=frozenset(v.content_hash for v in files))
         return decoder
 
+    def light_scorer(self, variant: Variant):
+        """A `backends.perplexity.RuntimeScorer` of the variant, from its files without Keras, kept
+        loaded; None when the variant needs Keras."""
+        decoder = self.light(variant)
+        if decoder is None:
+            return None
+        key = ("scorer", decoder)
+        scorer = KEPT.get(key)
+        if scorer is None:
+            from backends.adapter_files import needs_quantized_base
+            from backends.perplexity import RuntimeScorer
+            from backends.weight_files import output_embedding
+
+            if variant.kind == "adapter":
+                base = self._base_of(variant)
+                as_int8 = needs_quantized_base(self.preset_path(variant))
+            else:
+                base, as_int8 = variant, False
+            path = self.preset_path(base)
+            scorer = RuntimeScorer(decoder, output_embedding(path, as_int8=as_int8))
+            KEPT.put(key, scorer, size=_weights_size(path) // 4,  # the embedding, about a quarter of GPT-2
+                     variants=frozenset({variant.content_hash, base.content_hash}))
+        return scorer
+
     def keras(self, variant: Variant, *, runtime: str = "auto", xla: bool | None = None, device: str = "auto"):
         """The variant's decoder through its loaded KerasHub model (kept loaded, with its compiled decoders)."""
         from backends.decoding import decoder_for

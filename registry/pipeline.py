@@ -53,6 +53,8 @@ class VariantReader(Protocol):
     def keras_decoder(self, variant: str | Variant, *, runtime: str = "auto", xla: bool | None = None,
                       device: str = "auto") -> Any: ...
 
+    def light_scorer(self, variant: str | Variant) -> Any: ...
+
 
 def disk_full(error: BaseException | None) -> bool:
     """Whether `error`, or an error it came from, is a full disk (or quota)."""

@@ -170,6 +170,11 @@ class Registry:
         loaded in this process; None when the variant needs Keras (see `registry.inference`)."""
         return self._decoders().light(self.get(variant), runtime=runtime, xla=xla)
 
+    def light_scorer(self, variant: "str | Variant"):
+        """A perplexity scorer of the variant through onnxruntime, from its files without TensorFlow
+        (`backends.perplexity.RuntimeScorer`), kept loaded; None when the variant needs Keras."""
+        return self._decoders().light_scorer(self.get(variant))
+
     def keras_decoder(self, variant: "str | Variant", *, runtime: str = "auto", xla: bool | None = None,
                       device: str = "auto"):
         """The variant's decoder through its KerasHub model, which is kept loaded in this process."""

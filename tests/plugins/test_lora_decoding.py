@@ -128,8 +128,11 @@ def test_an_adapter_over_an_int8_base_is_recorded_reloaded_and_decoded_as_traine
     quantized = [layer for layer in reloaded.backbone._flatten_layers() if getattr(layer, "quantization_mode", None)]
     assert quantized and all(layer.quantization_mode == "int8" for layer in quantized)
     # The recorded perplexity is what the reloaded int8 base + adapter gives.
-    again = reg.run("evaluate", adapter, data=[str(held_out)])
+    again = reg.run("evaluate", adapter, data=[str(held_out)], runtime="keras")
     assert again.metrics["perplexity"] == pytest.approx(adapter.metrics["perplexity"], rel=1e-4)
+    # onnxruntime's int8 products (activations quantized per call) differ from Keras's by a little.
+    light = reg.run("evaluate", adapter, data=[str(held_out)], runtime="onnx")
+    assert light.metrics["perplexity"] == pytest.approx(adapter.metrics["perplexity"], rel=1e-3)
 
     ids = encode(PROMPT)
     expected = full_forward_greedy(reloaded, ids, NEW_TOKENS)

@@ -154,6 +154,33 @@ def test_an_adapter_read_from_its_files_holds_the_loaded_adapters_weights(family
         assert np.array_equal(from_files.low_rank[name][0], a) and np.array_equal(from_files.low_rank[name][1], b)
 
 
+@pytest.mark.parametrize("which", ["base", "int8", "adapter", "int8-adapter"])
+def test_evaluate_scores_without_tensorflow_what_keras_scores(run_cli, gpt2reg, family, text_file, which):
+    reg, variant = family["reg"], family[which]
+    args = ["evaluate", variant.ref, "--data", text_file, "--stride", "64", "--json", "--no-log",
+            "--home", reg.home.path]
+    light = run_cli(*args)
+    assert light.code == 0 and light.imported == [], light
+    light_score = json.loads(light.stdout)
+    keras = gpt2reg(*args, "--runtime", "keras")
+    assert keras.exit_code == 0, keras
+    keras_score = keras.json()
+    assert (light_score["runtime"], keras_score["runtime"]) == ("onnx", "keras")
+    assert light_score["tokens"] == keras_score["tokens"] > 128  # long enough for several windows
+    # float32: the same sums in another order; int8: onnxruntime's int8 products against Keras's.
+    tolerance = 1e-4 if which in ("base", "adapter") else 1e-3
+    assert light_score["perplexity"] == pytest.approx(keras_score["perplexity"], rel=tolerance)
+    assert light_score["bits_per_byte"] == pytest.approx(keras_score["bits_per_byte"], rel=tolerance)
+
+
+def test_evaluate_refuses_onnx_where_it_cannot_score(gpt2reg, family, text_file):
+    reg = family["reg"]
+    refused = gpt2reg("evaluate", family["int4"].ref, "--data", text_file, "--runtime", "onnx", "--no-log",
+                      "--home", reg.home.path)
+    assert refused.exit_code == 2, refused
+    assert refused.stderr.count("\n") == 1 and "use --runtime keras" in refused.stderr, refused
+
+
 # Every command here runs without TensorFlow, Keras or KerasHub: the read-only ones, and generate
 # on a float32 or int8 variant or an adapter over one (README, "Where it decodes").
 WITHOUT_TENSORFLOW = [
@@ -167,11 +194,13 @@ WITHOUT_TENSORFLOW = [
     ["plugins"],
     ["generate", "ad", PROMPT, "--sampler", "beam", "--num-beams", "3", "--max-new-tokens", "3"],
     ["generate", "base-int8", PROMPT, "--sampler", "contrastive", "--max-new-tokens", "3"],
+    ["evaluate", "ad", "--data", "{text_file}", "--no-log"],
 ]
 
 
 @pytest.mark.parametrize("args", WITHOUT_TENSORFLOW, ids=lambda args: " ".join(args[:2]))
-def test_these_commands_never_import_tensorflow(run_cli, family, args):
+def test_these_commands_never_import_tensorflow(run_cli, family, text_file, args):
+    args = [arg.format(text_file=text_file) for arg in args]
     result = run_cli(*args, "--home", family["reg"].home.path)
     assert result.code == 0, result
     assert not set(HEAVY) & set(result.imported), result
