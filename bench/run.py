@@ -715,6 +715,22 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
 
 
+def _group_peak_rss_mb(group: int) -> float:
+    """The largest peak RSS among the live processes of a process group (the server: mlflow, uvicorn)."""
+    peak = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != group:
+                continue
+            status = (stat.parent / "status").read_text()
+        except (OSError, IndexError, ValueError):
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]))
+    return peak / 1024
+
+
 def case_light_serve(settings: Settings, case: str) -> dict:
     """`mlflow models serve` of a tiny variant: its start, then requests from 1 and 4 clients at once.
 
@@ -731,7 +747,9 @@ def case_light_serve(settings: Settings, case: str) -> dict:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{Path(home, 'mlflow.db')}"}
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{Path(home, 'mlflow.db')}",
+               # the scoring server starts `uvicorn` from PATH: this environment's, as after `activate`
+               "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
         mlflow = str(Path(sys.executable).with_name("mlflow"))
         started = time.perf_counter()
         server = subprocess.Popen([mlflow, "models", "serve", "-m", "models:/v/1", "--env-manager", "local",
@@ -784,9 +802,12 @@ def case_light_serve(settings: Settings, case: str) -> dict:
                              "tokens_per_s_p50": _percentile(per_request, 0.5),
                              "tokens_per_s_p1": _percentile(per_request, 0.01),
                              "total_tokens_per_s": (len(latencies[1]) + 64 * len(latencies[64])) / wall})
+            for row in rows:
+                row["peak_rss_mb"] = _group_peak_rss_mb(server.pid)
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=60)
     return {"rows": rows}
 
 
