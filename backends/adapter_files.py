@@ -105,4 +105,7 @@ def apply_adapter(weights: ModelTensors, adapter_dir: str | Path, num_layers: in
         if parts:
             width = tensors[name].shape[1] // len(parts)
             low_rank[name] = fused_low_rank(parts, [width] * len(parts))
-    return ModelTensors(tensors=tensors, int8=weights.int8, low_rank=low_rank, precision=weights.precision)
+    # A folded matrix is no longer the one in the base's file: the graph holds it.
+    spans = {name: parts for name, parts in weights.spans.items() if name not in factors}
+    return ModelTensors(tensors=tensors, int8=weights.int8, low_rank=low_rank, precision=weights.precision,
+                        weights_file=weights.weights_file, spans=spans)

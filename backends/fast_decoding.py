@@ -65,6 +65,10 @@ class ModelTensors:
     int8: dict[str, tuple[np.ndarray, np.ndarray]]
     low_rank: dict[str, tuple[np.ndarray, np.ndarray]]
     precision: str
+    # Where float32 tensors lie, unchanged, in the variant's weight file (`weight_files` fills it):
+    # a graph written from them reads them there instead of holding a second copy. Not in the digest.
+    weights_file: Path | None = None
+    spans: dict[str, list] = field(default_factory=dict)
 
     def digest(self, runtime: str) -> str:
         """A short digest of every weight the graph holds and what it is built for (the graph file's name)."""
@@ -178,14 +182,39 @@ class _OnnxSession(OnnxSession):
         super().__init__(path, threads=cpu_threads())
 
     @staticmethod
-    def write(weights: ModelTensors, num_layers: int, num_heads: int, path: Path) -> None:
+    def write(weights: ModelTensors, num_layers: int, num_heads: int, path: Path, digest: str) -> None:
         import onnx
 
         from backends import onnx_graph
 
+        linked = _linked_weights(weights, path.parent, digest)
         model = onnx_graph.build_decoder(weights.tensors, num_layers=num_layers, num_heads=num_heads,
-                                         int8=weights.int8, low_rank=weights.low_rank)
+                                         int8=weights.int8, low_rank=weights.low_rank,
+                                         external=weights.spans if linked else None, external_file=linked)
         onnx.save(model, str(path))
+
+
+def _linked_weights(weights: ModelTensors, folder: Path, digest: str) -> str | None:
+    """The name, in `folder`, of a hard link to the variant's weight file for the graph to read its
+    tensors from (onnxruntime reads external data only from inside the graph's folder); None when
+    there is nothing to read there or no link can be made (another file system): the graph then
+    holds its weights. The name carries the tensors' places, so a graph always finds its own layout."""
+    if not weights.spans or weights.weights_file is None:
+        return None
+    layout = hashlib.sha256(repr(sorted((name, [(s.offset, s.length) for s in spans])
+                                        for name, spans in weights.spans.items())).encode()).hexdigest()[:12]
+    name = f"weights-{digest}-{layout}.h5"
+    link = folder / name
+    if link.is_file():
+        return name
+    partial = folder / f".{name}.{os.getpid()}.partial"
+    try:
+        os.link(weights.weights_file, partial)
+        os.replace(partial, link)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        return None
+    return name
 
 
 class _LiteRTSession(LiteRTSession):
@@ -203,7 +232,7 @@ class _LiteRTSession(LiteRTSession):
         super().__init__(path, "decode", threads=cpu_threads())
 
     @staticmethod
-    def write(weights: ModelTensors, num_layers: int, num_heads: int, path: Path) -> None:
+    def write(weights: ModelTensors, num_layers: int, num_heads: int, path: Path, digest: str) -> None:
         import tensorflow as tf
 
         module = tf.Module()
@@ -351,7 +380,7 @@ class RuntimeDecoder:
             # Written under a temporary name and renamed: a crash leaves no half-written graph behind.
             partial = folder / f".{path.name}.{os.getpid()}.partial"
             try:
-                kind.write(weights, shape["num_layers"], shape["num_heads"], partial)
+                kind.write(weights, shape["num_layers"], shape["num_heads"], partial, digest=digest)
                 os.replace(partial, path)
             finally:
                 partial.unlink(missing_ok=True)
@@ -497,4 +526,4 @@ def _digest(tensors: dict[str, np.ndarray], precision: str, runtime: str) -> str
     return digest.hexdigest()[:16]
 
 
-GRAPH_VERSION = 2  # raise when the graphs change, so kept files of an older layout are not reused
+GRAPH_VERSION = 3  # raise when the graphs change, so kept files of an older layout are not reused

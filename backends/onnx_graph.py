@@ -20,6 +20,7 @@ Two graphs:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,15 +28,28 @@ OPSET = 17  # LayerNormalization is a standard operator from 17 on
 DECODER_OPSET = 20  # and Gelu (with the tanh approximation GPT-2 uses) from 20
 
 
+@dataclass(frozen=True)
+class FileSpan:
+    """Where the bytes of one float32 tensor lie in a file beside the graph (ONNX external data)."""
+
+    offset: int
+    length: int
+    shape: tuple[int, ...]
+
+
 class _Writer:
     """Nodes and initializers of one graph, with GPT-2's building blocks."""
 
     def __init__(self, tensors: dict[str, np.ndarray], epsilon: float, opset: int = OPSET, int8: dict | None = None,
-                 low_rank: dict | None = None):
+                 low_rank: dict | None = None, external: dict[str, list[FileSpan]] | None = None,
+                 external_file: str | None = None):
         from onnx import helper, numpy_helper
 
         self.helper, self.numpy_helper = helper, numpy_helper
         self.tensors = tensors
+        # Tensors read from `external_file` where they lie, by name: parts side by side on the last axis.
+        self.external, self.external_file = (external or {}), external_file
+        self.made: dict[str, str] = {}  # external tensors already in the graph, and tensors made from them
         self.int8 = int8 or {}
         self.low_rank = low_rank or {}
         self.contrib = bool(self.int8)  # uses operators of onnxruntime's com.microsoft domain
@@ -45,10 +59,32 @@ class _Writer:
         self._counter = iter(range(1_000_000))
 
     def weight(self, name: str, array=None) -> str:
+        if array is None and name in self.made:
+            return self.made[name]
+        if array is None and f"transformer.{name}" in self.external:
+            self.made[name] = self._external(name, self.external[f"transformer.{name}"])
+            return self.made[name]
         value = self.tensors[f"transformer.{name}"] if array is None else array
         # np.asarray, not np.ascontiguousarray: the latter turns a scalar into shape (1,).
         self.initializers.append(self.numpy_helper.from_array(np.asarray(value, order="C"), name))
         return name
+
+    def _external(self, name: str, spans: list[FileSpan]) -> str:
+        """An initializer that reads its bytes from the external file (several: joined by a Concat,
+        which onnxruntime folds once when the session loads)."""
+        from onnx import TensorProto
+
+        parts = []
+        for number, span in enumerate(spans):
+            tensor = TensorProto(name=name if len(spans) == 1 else f"{name}.part{number}", data_type=TensorProto.FLOAT,
+                                 dims=list(span.shape), data_location=TensorProto.EXTERNAL)
+            for key, value in (("location", self.external_file), ("offset", str(span.offset)),
+                               ("length", str(span.length))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            self.initializers.append(tensor)
+            parts.append(tensor.name)
+        return parts[0] if len(parts) == 1 else self.op("Concat", *parts, axis=-1)
 
     def constant(self, values, dtype) -> str:
         return self.weight(f"const_{next(self._counter)}", np.asarray(values, dtype=dtype))
@@ -192,7 +228,8 @@ def build(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads: int, ep
 
 def build_decoder(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads: int, epsilon: float = 1e-5,
                   int8: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                  low_rank: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
+                  low_rank: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                  external: dict[str, list[FileSpan]] | None = None, external_file: str | None = None):
     """An `onnx.ModelProto` for one decoding call of `T` new tokens against a cache of `S` slots.
 
     Inputs: `token_ids` int32 [B, T]; `positions` int32 [B, T] (each token's
@@ -201,6 +238,12 @@ def build_decoder(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads:
     may attend to a cache slot or to a new token, -1e9 where not);
     `past_key_{i}` float32 [B, heads, head_dim, S] and `past_value_{i}`
     [B, heads, S, head_dim] for each layer i.
+
+    `external`: float32 tensors, by Hugging Face name, that the graph reads from
+    `external_file` (a path relative to the graph's folder) instead of holding
+    them: the variant's own weight file, so the weights are not stored twice.
+    A tensor of several parts (query, key and value side by side) is joined by
+    a Concat; the output projection is the embedding transposed, in the graph.
 
     Outputs: `logits` [B, vocabulary] at `last_index`; `hidden` [B, T, width]
     (after the final norm); `new_key_{i}` [B, heads, head_dim, T] and
@@ -226,13 +269,18 @@ def build_decoder(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads:
     from onnx import TensorProto, helper
 
     tensors = {name: np.asarray(value, dtype=np.float32) for name, value in tensors.items()}
+    external = {name: spans for name, spans in (external or {}).items() if name not in (int8 or {})}
     # The output projection as a [width, vocabulary] product, like every other matrix (the
     # int8 kernel takes that layout; it is a third of `gpt2`'s arithmetic per token).
-    if "transformer.lm_head.weight" not in (int8 or {}):
+    transpose_in_graph = "transformer.wte.weight" in external and "transformer.lm_head.weight" not in (int8 or {})
+    if "transformer.lm_head.weight" not in (int8 or {}) and not transpose_in_graph:
         tensors["transformer.lm_head.weight"] = np.ascontiguousarray(tensors["transformer.wte.weight"].T)
     w = _Writer(tensors, epsilon, DECODER_OPSET,
                 int8={name.removeprefix("transformer."): value for name, value in (int8 or {}).items()},
-                low_rank={name.removeprefix("transformer."): value for name, value in (low_rank or {}).items()})
+                low_rank={name.removeprefix("transformer."): value for name, value in (low_rank or {}).items()},
+                external=external, external_file=external_file)
+    if transpose_in_graph:  # folded once by onnxruntime when the session loads
+        w.made["lm_head.weight"] = w.op("Transpose", w.weight("wte.weight"), perm=[1, 0])
     op, constant = w.op, w.constant
     width = tensors["transformer.wte.weight"].shape[1]
     head_dim = width // num_heads

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from backends.fast_decoding import ModelTensors, RuntimeDecoder
+from backends.onnx_graph import FileSpan
 from registry.errors import UsageError
 
 WEIGHTS_FILE = "model.weights.h5"
@@ -61,6 +62,8 @@ def read_model_tensors(preset_dir: str | Path) -> ModelTensors:
     model_files.check_hdf5_file(weights)  # no external links or virtual datasets
     tensors: dict[str, np.ndarray] = {}
     int8: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    spans: dict[str, list[FileSpan]] = {}  # float32 tensors as they lie in the file (see ModelTensors)
+    part_spans: list = []  # the (kernel, bias) spans of the parts `put` is about to join
     with h5py.File(weights, "r") as store:
         saved = store["layers"]
         blocks = sorted((int(match.group(1) or 0), name) for name in saved
@@ -78,11 +81,26 @@ def read_model_tensors(preset_dir: str | Path) -> ModelTensors:
                                      "presets are read without Keras: load it with --runtime keras")
             return found
 
+        def span(path: str, index: int, shape: tuple[int, ...]):
+            """Where a float32 dataset lies in the file, when it lies there whole and plain."""
+            dataset = saved[path]["vars"][str(index)]
+            offset = dataset.id.get_offset()
+            if (dataset.dtype.str != "<f4" or offset is None or dataset.chunks is not None
+                    or dataset.id.get_storage_size() != dataset.size * 4):
+                return None
+            return FileSpan(offset=offset, length=dataset.size * 4, shape=shape)
+
+        def note_spans(name: str, parts: list) -> None:
+            if all(part is not None for part in parts):
+                spans[name] = parts
+
         def dense(path: str, inputs: int) -> tuple[np.ndarray, np.ndarray, tuple | None]:
             """The kernel as [inputs, outputs] float32, its bias, and (int8 values, per-output scale) when int8."""
             kernel, bias, *scale = variables(path)
             if kernel.dtype != np.int8:
-                return kernel.reshape(inputs, -1), bias.reshape(-1), None
+                kernel = kernel.reshape(inputs, -1)
+                part_spans.append((span(path, 0, kernel.shape), span(path, 1, (kernel.shape[1],))))
+                return kernel, bias.reshape(-1), None
             values = kernel.reshape(inputs, -1)
             # Keras stores value = round(weight * scale), one scale per output, in the kernel's output order.
             column_scale = (1.0 / scale[0].astype(np.float32)).reshape(-1)
@@ -91,6 +109,10 @@ def read_model_tensors(preset_dir: str | Path) -> ModelTensors:
         def put(name: str, parts: list) -> None:
             tensors[f"{name}.weight"] = np.concatenate([weight for weight, _, _ in parts], axis=1)
             tensors[f"{name}.bias"] = np.concatenate([bias for _, bias, _ in parts])
+            if len(part_spans) == len(parts):
+                note_spans(f"{name}.weight", [kernel for kernel, _ in part_spans])
+                note_spans(f"{name}.bias", [bias for _, bias in part_spans])
+            part_spans.clear()
             if parts[0][2] is not None:
                 int8[f"{name}.weight"] = (np.concatenate([q for _, _, (q, _) in parts], axis=1),
                                           np.concatenate([c for _, _, (_, c) in parts]))
@@ -102,8 +124,12 @@ def read_model_tensors(preset_dir: str | Path) -> ModelTensors:
             int8["transformer.lm_head.weight"] = (embedding[0].T, row_scale)
         else:
             tensors["transformer.wte.weight"] = embedding[0]
+            note_spans("transformer.wte.weight", [span("reversible_embedding", 0, embedding[0].shape)])
         [tensors["transformer.wpe.weight"]] = variables("position_embedding")
+        note_spans("transformer.wpe.weight", [span("position_embedding", 0, tensors["transformer.wpe.weight"].shape)])
         tensors["transformer.ln_f.weight"], tensors["transformer.ln_f.bias"] = variables("layer_normalization")
+        for number, part in enumerate(("weight", "bias")):
+            note_spans(f"transformer.ln_f.{part}", [span("layer_normalization", number, (width,))])
         for index, (_, block) in enumerate(blocks):
             prefix = f"transformer.h.{index}"
             attention = f"{block}/_self_attention_layer"
@@ -111,13 +137,18 @@ def read_model_tensors(preset_dir: str | Path) -> ModelTensors:
             put(f"{prefix}.attn.c_proj", [dense(f"{attention}/output_dense", width)])
             for name, norm in (("ln_1", "_self_attention_layer_norm"), ("ln_2", "_feedforward_layer_norm")):
                 tensors[f"{prefix}.{name}.weight"], tensors[f"{prefix}.{name}.bias"] = variables(f"{block}/{norm}")
+                for number, part in enumerate(("weight", "bias")):
+                    note_spans(f"{prefix}.{name}.{part}", [span(f"{block}/{norm}", number, (width,))])
             put(f"{prefix}.mlp.c_fc", [dense(f"{block}/_feedforward_intermediate_dense", width)])
             hidden = saved[f"{block}/_feedforward_output_dense/vars/0"].shape[0]
             put(f"{prefix}.mlp.c_proj", [dense(f"{block}/_feedforward_output_dense", hidden)])
     if (precision == "int8") != bool(int8):
         raise UsageError(f"{weights} does not hold the {precision} weights its config names; the preset is damaged: "
                          "run `gpt2reg doctor`")
-    return ModelTensors(tensors=tensors, int8=int8, low_rank={}, precision=precision)
+    if precision != "float32":
+        spans = {}  # an int8 graph holds its weights in the layout of its int8 kernel
+    return ModelTensors(tensors=tensors, int8=int8, low_rank={}, precision=precision, weights_file=weights.resolve(),
+                        spans=spans)
 
 
 # What Keras's int8 mode quantizes in a GPT-2 backbone: every dense matrix, one scale per output.
@@ -148,7 +179,7 @@ def quantized_int8(weights: ModelTensors) -> ModelTensors:
     row_scale = 1.0 / scale.reshape(-1)
     tensors["transformer.wte.weight"] = values.astype(np.float32) * row_scale[:, None]
     int8["transformer.lm_head.weight"] = (values.T, row_scale)
-    return ModelTensors(tensors=tensors, int8=int8, low_rank=dict(weights.low_rank), precision="int8")
+    return ModelTensors(tensors=tensors, int8=int8, low_rank=dict(weights.low_rank), precision="int8")  # no spans
 
 
 def output_embedding(preset_dir: str | Path, *, as_int8: bool = False) -> np.ndarray:

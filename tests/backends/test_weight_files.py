@@ -157,3 +157,38 @@ def test_a_graph_kept_for_the_same_files_opens_without_reading_the_weights(prese
     with rebuilt.lock:
         state = rebuilt.start([[464, 2068]], max_new_tokens=1)
     assert state.logits.shape[-1] == 50257
+
+
+def test_a_float32_graph_reads_the_variants_own_weight_file_not_a_copy(preset, tmp_path):
+    """The graph holds no weights: it reads them, as ONNX external data, from a hard link to the
+    preset's model.weights.h5 (the same file on disk), and computes exactly what a graph holding
+    them computes."""
+    import os
+
+    from backends.fast_decoding import RuntimeDecoder
+    from backends.weight_files import decoder_from_preset, read_model_tensors
+
+    light = decoder_from_preset(preset, "onnx", tmp_path / "linked")
+    weights = preset / "model.weights.h5"
+    [graph] = (tmp_path / "linked").glob("decoder-*.onnx")
+    [link] = (tmp_path / "linked").glob("weights-*.h5")
+    assert os.stat(link).st_ino == os.stat(weights).st_ino  # one file, two names
+    assert graph.stat().st_size < 100_000 < weights.stat().st_size
+
+    holding = read_model_tensors(preset)
+    holding.spans = {}
+    shape = {"num_layers": 2, "num_heads": 4, "hidden_dim": 64, "max_sequence_length": 128}
+    embedded = RuntimeDecoder.from_tensors(holding, shape, "onnx", tmp_path / "embedded")
+    [whole] = (tmp_path / "embedded").glob("decoder-*.onnx")
+    assert whole.stat().st_size > weights.stat().st_size * 0.9  # what each variant cost before
+    prompts = [[464, 11361, 11808, 318], [40, 1842]]
+    first, second = light.start(prompts, 4), embedded.start(prompts, 4)
+    assert np.array_equal(first.logits, second.logits) and np.array_equal(first.prompt_hidden, second.prompt_hidden)
+    assert np.array_equal(light.step(first, [1, 2])[0], embedded.step(second, [1, 2])[0])
+
+
+def test_an_int8_graph_holds_its_weights_in_its_kernels_layout(int8_preset, tmp_path):
+    from backends.weight_files import decoder_from_preset
+
+    decoder_from_preset(int8_preset, "onnx", tmp_path)
+    assert list(tmp_path.glob("weights-*.h5")) == []  # MatMulNBits packs its own [outputs, blocks, block] layout
