@@ -60,6 +60,29 @@ def windows(token_ids: list[int], context: int, stride: int) -> list[tuple[list[
     return spans
 
 
+@dataclass(frozen=True)
+class ContinuationScore:
+    logprob: float  # sum of log p(continuation token | everything before it)
+    tokens: int
+    greedy: bool  # every continuation token is the model's top choice
+
+
+def continuation_sequences(requests: list[tuple[list[int], list[int]]], context: int) -> list[list[int]]:
+    """Each (prefix, continuation) as one sequence of at most `context` + 1 tokens (the oldest prefix
+    tokens dropped); an empty prefix starts from the end-of-text token, as generation does."""
+    from backends.configs import END_OF_TEXT_ID
+
+    sequences = []
+    for prefix, continuation in requests:
+        if not continuation:
+            raise ValueError("an empty continuation has no likelihood")
+        if len(continuation) > context:
+            raise ValueError(f"a continuation of {len(continuation)} tokens does not fit a context of {context}")
+        whole = (list(prefix) or [END_OF_TEXT_ID]) + list(continuation)
+        sequences.append(whole[-(context + 1):])
+    return sequences
+
+
 class RuntimeScorer:
     """Scores texts through a runtime decoder's prefill and the model's output embedding [vocabulary, width]."""
 
@@ -88,12 +111,33 @@ class RuntimeScorer:
                 counted += targets
         return Score(total_nll=total, tokens=counted)
 
-    def _nll(self, states: np.ndarray, targets: list[int]) -> float:
-        total = 0.0
+    def score_continuations(self, requests: list[tuple[list[int], list[int]]], *,
+                            batch_size: int = 8) -> list[ContinuationScore]:
+        """Log-likelihood of each continuation given its prefix; as `backends.scoring.score_continuations`."""
+        sequences = continuation_sequences(requests, self.decoder.max_positions)
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        scores: list[ContinuationScore | None] = [None] * len(sequences)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            with self.decoder.lock:
+                hidden = self.decoder.start([sequences[i][:-1] for i in batch], max_new_tokens=0).prompt_hidden
+            for row, index in enumerate(batch):
+                ids, count = sequences[index], len(requests[index][1])
+                end = len(ids) - 1  # the state at position i predicts token i + 1
+                logprobs, greedy = self._target_log_probs(hidden[row, end - count : end], ids[end - count + 1 :])
+                scores[index] = ContinuationScore(logprob=float(logprobs.sum()), tokens=count, greedy=bool(greedy.all()))
+        return scores
+
+    def _target_log_probs(self, states: np.ndarray, targets: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """log p(target) of each state's next token, and whether it was the top choice."""
+        found, top = [], []
         for begin in range(0, len(targets), _LOGIT_ROWS):
             logits = (states[begin : begin + _LOGIT_ROWS] @ self._embedding_t).astype(np.float64)
             chosen = logits[np.arange(len(logits)), targets[begin : begin + _LOGIT_ROWS]]
             peak = logits.max(axis=1)
-            log_normalizer = peak + np.log(np.exp(logits - peak[:, None]).sum(axis=1))
-            total += float((log_normalizer - chosen).sum())
-        return total
+            found.append(chosen - (peak + np.log(np.exp(logits - peak[:, None]).sum(axis=1))))
+            top.append(logits.argmax(axis=1) == np.asarray(targets[begin : begin + _LOGIT_ROWS]))
+        return np.concatenate(found), np.concatenate(top)
+
+    def _nll(self, states: np.ndarray, targets: list[int]) -> float:
+        return float(-self._target_log_probs(states, targets)[0].sum())

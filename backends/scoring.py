@@ -16,12 +16,11 @@ Example:
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
 
 import numpy as np
 
 from backends.loaded_model import LoadedModel, unwrap
-from backends.perplexity import Score, windows  # noqa: F401  (windows: part of this module's interface)
+from backends.perplexity import ContinuationScore, Score, continuation_sequences, windows  # noqa: F401
 
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
@@ -94,13 +93,6 @@ def score(model, texts: list[list[int]], *, stride: int | None = None, batch_siz
 # ---------------------------------------------------------------- continuations (tasks)
 
 
-@dataclass(frozen=True)
-class ContinuationScore:
-    logprob: float  # sum of log p(continuation token | everything before it)
-    tokens: int
-    greedy: bool  # every continuation token is the model's top choice
-
-
 def _target_logprobs(model_ref):
     def target_logprobs(token_ids, padding_mask, targets):
         logits = ops.cast(model_ref()({"token_ids": token_ids, "padding_mask": padding_mask}, training=False), "float32")
@@ -117,17 +109,8 @@ def score_continuations(model, requests: list[tuple[list[int], list[int]]], *, b
     oldest tokens (callers that must not cut a question check the length first).
     An empty context starts from the end-of-text token, as generation does.
     """
-    from backends.configs import END_OF_TEXT_ID
-
     context = unwrap(model).backbone.max_sequence_length
-    sequences = []
-    for prefix, continuation in requests:
-        if not continuation:
-            raise ValueError("an empty continuation has no likelihood")
-        if len(continuation) > context:
-            raise ValueError(f"a continuation of {len(continuation)} tokens does not fit a context of {context}")
-        whole = (list(prefix) or [END_OF_TEXT_ID]) + list(continuation)
-        sequences.append(whole[-(context + 1):])
+    sequences = continuation_sequences(requests, context)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     function = _compiled(model, "target_logprobs", _target_logprobs)
     scores: list[ContinuationScore | None] = [None] * len(sequences)

@@ -51,8 +51,8 @@ class Evaluate(Capability):
         stop: str = option("\n", help="Generation tasks: the answer ends before this text.")
         limit: int | None = option(at_least=1, help="Only the first N examples of the task.")
         runtime: str = option("auto", choices=SCORING_RUNTIMES,
-                              help="What scores perplexity: onnx (float32 and int8 variants and adapters over them, "
-                                   "without TensorFlow) or keras; auto: onnx where it can. Tasks score with Keras.")
+                              help="What scores: onnx (float32 and int8 variants and adapters over them, without "
+                                   "TensorFlow) or keras; auto: onnx where it can.")
 
         def __post_init__(self):
             if not self.data and not self.task:
@@ -99,11 +99,10 @@ class Evaluate(Capability):
         tables: dict = {}
         # Perplexity alone on a float32 or int8 variant (or an adapter over one) is scored through
         # onnxruntime from its files, without TensorFlow; tasks and other variants load Keras.
-        scorer = context.light_scorer() if requests is None and options.runtime != "keras" else None
+        scorer = context.light_scorer() if options.runtime != "keras" else None
         if scorer is None and options.runtime == "onnx":
-            why = ("tasks score with Keras" if requests is not None else
-                   "onnxruntime scores float32 and int8 variants, and adapters over them")
-            raise UsageError(f"--runtime onnx cannot score {context.variant.ref}: {why}; use --runtime keras")
+            raise UsageError(f"--runtime onnx cannot score {context.variant.ref}: onnxruntime scores float32 and int8 "
+                             "variants, and adapters over them; use --runtime keras")
         with contextlib.nullcontext() if scorer is not None else context.strategy().scope():
             lm = context.load_model() if scorer is None else None
             if documents is not None:
@@ -115,11 +114,11 @@ class Evaluate(Capability):
                     score = scoring.score(lm, documents, stride=stride, batch_size=batch_size)
                 metrics.update(perplexity=score.perplexity, mean_nll=score.mean_nll, tokens=score.tokens,
                                bits_per_byte=score.total_nll / math.log(2) / _scored_bytes(documents))
-                output.update(data=texts.sources, data_digest=texts.digest,
-                              runtime=scorer.runtime if scorer is not None else "keras")
+                output.update(data=texts.sources, data_digest=texts.digest)
                 settings.update(data_digest=texts.digest, stride=stride or context_length // 2)
             if requests is not None:
-                task_metrics, rows = requests.score(lm, batch_size=batch_size, stop=stop)
+                task_metrics, rows = requests.score(scorer if scorer is not None else lm, batch_size=batch_size,
+                                                    stop=stop)
                 prefix = requests.metric_prefix
                 metrics.update({f"{prefix}.{key}": value for key, value in task_metrics.items()})
                 output.update(task_metrics)
@@ -128,6 +127,7 @@ class Evaluate(Capability):
                 settings.update(task=requests.task.path, task_digest=requests.digest, shots=shots, seed=seed,
                                 template=template)
                 tables[f"evaluation/{prefix}.json"] = rows
+        output["runtime"] = scorer.runtime if scorer is not None else "keras"
         output["metrics"] = dict(metrics)
         output.update({k: v for k, v in metrics.items() if "." not in k})
         return CapabilityResult(metrics=metrics, output=output, settings=settings, tables=tables)
@@ -161,6 +161,7 @@ class _TaskRequests:
         self.max_new_tokens = max_new_tokens
 
     def score(self, lm, *, batch_size: int, stop: str):
+        """`lm`: a loaded KerasHub model, or a `backends.perplexity.RuntimeScorer` (no TensorFlow)."""
         from registry import tasks
 
         if self.task.kind == tasks.GENERATION:
@@ -168,7 +169,7 @@ class _TaskRequests:
         return self._score_likelihood(lm, batch_size)
 
     def _score_likelihood(self, lm, batch_size):
-        from backends import scoring
+        from backends.perplexity import RuntimeScorer
         from registry import tasks
 
         pairs, owners = [], []
@@ -180,7 +181,12 @@ class _TaskRequests:
         from backends.tokenizer import encode
 
         requests = [(encode(context_text), encode(continuation)) for context_text, continuation in pairs]
-        scores = scoring.score_continuations(lm, requests, batch_size=batch_size)
+        if isinstance(lm, RuntimeScorer):  # through the runtime
+            scores = lm.score_continuations(requests, batch_size=batch_size)
+        else:
+            from backends import scoring
+
+            scores = scoring.score_continuations(lm, requests, batch_size=batch_size)
         per_example: dict[int, list] = {}
         for owner, (_, continuation), score in zip(owners, pairs, scores):
             per_example.setdefault(owner, []).append((continuation, score))
@@ -212,6 +218,7 @@ class _TaskRequests:
 
     def _score_generation(self, lm, batch_size, stop):
         from backends import generation
+        from backends.perplexity import RuntimeScorer
         from backends.tokenizer import encode
         from registry import text_metrics
 
@@ -222,7 +229,8 @@ class _TaskRequests:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             # Decoding ends at the stop string (left out), so a row stops costing time once answered.
-            outputs = generation.generate(lm, [encoded[i] for i in batch], max_new_tokens=self.max_new_tokens,
+            model = lm.decoder if isinstance(lm, RuntimeScorer) else lm  # a runtime scorer decodes with its decoder
+            outputs = generation.generate(model, [encoded[i] for i in batch], max_new_tokens=self.max_new_tokens,
                                           stop=(stop,) if stop else ())
             for index, result in zip(batch, outputs):
                 predictions[index] = result.text

@@ -173,6 +173,37 @@ def test_evaluate_scores_without_tensorflow_what_keras_scores(run_cli, gpt2reg, 
     assert light_score["bits_per_byte"] == pytest.approx(keras_score["bits_per_byte"], rel=tolerance)
 
 
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tasks")
+    choice = [{"prompt": f"Question {n}: which word comes next?", "choices": [" yes", " no", " the registry"],
+               "answer": n % 3} for n in range(6)]
+    generation = [{"prompt": f"Say something about number {n}:", "answer": "it is a number"} for n in range(4)]
+    last_word = [{"text": "The Python tutorial is a good place to start"}, {"text": "Models are kept in the registry"}]
+    for name, lines in (("choice", choice), ("generation", generation), ("last", last_word)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("task", ["choice", "generation", "last"])
+@pytest.mark.parametrize("which", ["adapter", "int8"])
+def test_evaluate_scores_tasks_without_tensorflow_as_keras_does(run_cli, gpt2reg, family, tasks, task, which):
+    reg, variant = family["reg"], family[which]
+    args = ["evaluate", variant.ref, "--task", tasks / f"{task}.jsonl", "--shots", "1", "--max-new-tokens", "4",
+            "--json", "--no-log", "--home", reg.home.path]
+    light = run_cli(*args)
+    assert light.code == 0 and light.imported == [], light
+    keras = gpt2reg(*args, "--runtime", "keras")
+    assert keras.exit_code == 0, keras
+    light_result, keras_result = json.loads(light.stdout), keras.json()
+    assert (light_result["runtime"], keras_result["runtime"]) == ("onnx", "keras")
+    figures = {key for key in keras_result["metrics"]} - {"task"}
+    assert figures and figures == set(light_result["metrics"])
+    for key in figures:  # choices and greedy answers agree; likelihoods within the runtimes' rounding
+        tolerance = 1e-4 if which == "adapter" else 1e-2
+        assert light_result["metrics"][key] == pytest.approx(keras_result["metrics"][key], rel=tolerance), key
+
+
 def test_evaluate_refuses_onnx_where_it_cannot_score(gpt2reg, family, text_file):
     reg = family["reg"]
     refused = gpt2reg("evaluate", family["int4"].ref, "--data", text_file, "--runtime", "onnx", "--no-log",
