@@ -162,6 +162,12 @@ def _abs_max_int8(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray
     return np.clip(np.round(np.multiply(values, scale)), -127, 127).astype(np.int8), scale.astype(np.float32)
 
 
+def _int8_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The embedding as Keras's int8 mode quantizes it: int8 values, and one weight-per-value scale per row."""
+    values, scale = _abs_max_int8(table, axis=-1)
+    return values, 1.0 / scale.reshape(-1)
+
+
 def quantized_int8(weights: ModelTensors) -> ModelTensors:
     """A float32 model's tensors as Keras's int8 mode quantizes them (``lora --quantize-base int8``
     quantizes its base so when loading it): the same int8 values and scales, the same digest."""
@@ -175,8 +181,7 @@ def quantized_int8(weights: ModelTensors) -> ModelTensors:
             column_scale = (1.0 / scale).reshape(-1)
             tensors[name] = values.astype(np.float32) * column_scale
             int8[name] = (values, column_scale)
-    values, scale = _abs_max_int8(tensors["transformer.wte.weight"], axis=-1)  # one scale per row
-    row_scale = 1.0 / scale.reshape(-1)
+    values, row_scale = _int8_rows(tensors["transformer.wte.weight"])
     tensors["transformer.wte.weight"] = values.astype(np.float32) * row_scale[:, None]
     int8["transformer.lm_head.weight"] = (values.T, row_scale)
     return ModelTensors(tensors=tensors, int8=int8, low_rank=dict(weights.low_rank), precision="int8")  # no spans
@@ -198,8 +203,8 @@ def output_embedding(preset_dir: str | Path, *, as_int8: bool = False) -> np.nda
         if table.dtype == np.int8:
             return table.astype(np.float32) * (1.0 / np.asarray(group["1"], dtype=np.float32)).reshape(-1, 1)
     if as_int8:
-        values, scale = _abs_max_int8(table, axis=-1)
-        return values.astype(np.float32) * (1.0 / scale.reshape(-1))[:, None]
+        values, row_scale = _int8_rows(table)
+        return values.astype(np.float32) * row_scale[:, None]
     return table.astype(np.float32, copy=False)
 
 

@@ -97,8 +97,8 @@ class Evaluate(Capability):
         # Recorded so two evaluations of the same files under different rules are told apart.
         settings: dict = {"special_tokens": special_tokens}
         tables: dict = {}
-        # Perplexity alone on a float32 or int8 variant (or an adapter over one) is scored through
-        # onnxruntime from its files, without TensorFlow; tasks and other variants load Keras.
+        # A float32 or int8 variant (or an adapter over one) is scored, perplexity and tasks alike,
+        # through onnxruntime from its files, without TensorFlow; other variants load Keras.
         scorer = context.light_scorer() if options.runtime != "keras" else None
         if scorer is None and options.runtime == "onnx":
             raise UsageError(f"--runtime onnx cannot score {context.variant.ref}: onnxruntime scores float32 and int8 "

@@ -150,12 +150,9 @@ class RunContext:
 
     def parent_preset(self) -> Path:
         """The parent variant's KerasHub preset folder, checked against its recorded hash."""
-        from registry import artifacts
+        from registry.variant_files import checked
 
-        path = self._reader().preset_path(self.variant)
-        if artifacts.content_hash(path) != self.variant.content_hash:
-            raise RegistryError(f"the weights of {self.variant.ref} do not match their recorded hash; run `gpt2reg doctor`")
-        return path
+        return checked(self.variant, self._reader().preset_path(self.variant))
 
     def load_parent_model(self):
         """The variant's own parent (an adapter's base) as a plain ``GPT2CausalLM``."""
@@ -175,9 +172,7 @@ class RunContext:
         if self.variant is None:
             raise UsageError("this capability needs a model reference")
         reader = self._reader()
-        # onnxruntime decodes on the CPU here: a GPU, a cluster or a TPU is a tf.distribute device.
-        light = self.device in ("auto", "cpu")
-        decoder = reader.light_decoder(self.variant, runtime=runtime, xla=xla) if light else None
+        decoder = reader.light_decoder(self.variant, runtime=runtime, xla=xla) if self._on_cpu else None
         if decoder is not None:
             yield decoder
             return
@@ -189,9 +184,12 @@ class RunContext:
         `backends.perplexity.RuntimeScorer`), on the CPU devices; None when it needs Keras."""
         if self.variant is None:
             raise UsageError("this capability needs a model reference")
-        if self.device not in ("auto", "cpu"):
-            return None
-        return self._reader().light_scorer(self.variant)
+        return self._reader().light_scorer(self.variant) if self._on_cpu else None
+
+    @property
+    def _on_cpu(self) -> bool:
+        # onnxruntime runs on the CPU here: a GPU, a cluster or a TPU is a tf.distribute device.
+        return self.device in ("auto", "cpu")
 
     def strategy(self):
         """The ``tf.distribute`` strategy the ``select_strategy`` hook picks for ``device``."""

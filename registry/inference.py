@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from registry import artifacts
-from registry.errors import RegistryError, UsageError
+from registry.errors import UsageError
 from registry.variant import Variant
+from registry.variant_files import check_pinned_base, checked
 
 KEEP_LOADED_ENV = "GPT2REG_KEEP_LOADED_MB"
 DEFAULT_KEEP_LOADED_MB = 4096
@@ -119,22 +120,9 @@ class VariantDecoders:
         self.get, self.preset_path, self.load = get, preset_path, load
         self.runtime_cache = runtime_cache
 
-    def _checked_files(self, variant: Variant) -> Path:
-        path = self.preset_path(variant)
-        if artifacts.content_hash(path) != variant.content_hash:
-            raise RegistryError(
-                f"the weights of {variant.ref} do not match their recorded hash (damaged files); run `gpt2reg doctor`"
-            )
-        return path
-
     def _base_of(self, adapter: Variant) -> Variant:
         base = self.get(adapter.parent)
-        pinned = adapter.tags.get("base_content_hash")
-        if base.content_hash != pinned:
-            raise UsageError(
-                f"adapter {adapter.ref} is pinned to base weights {str(pinned)[:12]}, but {base.ref} holds "
-                f"{base.content_hash[:12]}; load it on {adapter.parent}"
-            )
+        check_pinned_base(adapter, base)
         return base
 
     def light(self, variant: Variant, *, runtime: str = "auto", xla: bool | None = None):
@@ -156,8 +144,8 @@ class VariantDecoders:
         if decoder is None:
             from backends.weight_files import decoder_from_preset
 
-            for v in files:
-                self._checked_files(v)
+            for v, path in zip(files, paths):
+                checked(v, path)
             adapter = paths[1] if len(paths) > 1 else None
             # The weight files were just checked against their content hashes: those, with the
             # settings files beside them, name the graph too.

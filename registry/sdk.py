@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry import references
 from registry.capability import CapabilityResult, sample_generations
-from registry.errors import NotFoundError, RegistryError, UsageError
+from registry.errors import NotFoundError, UsageError
 from registry.home import Home
 from registry.pipeline import Pipeline
 from registry.variant import Variant, read_variant
@@ -131,14 +131,10 @@ class Registry:
         variant only when it holds exactly the same weights.
         """
         from backends import keras_gpt2
-        from registry import artifacts
+        from registry.variant_files import check_pinned_base, checked
 
         variant = self.get(variant)
-        path = self.preset_path(variant)
-        if artifacts.content_hash(path) != variant.content_hash:
-            raise RegistryError(
-                f"the weights of {variant.ref} do not match their recorded hash (damaged files); run `gpt2reg doctor`"
-            )
+        path = checked(variant, self.preset_path(variant))
         if variant.kind == "export" and variant.tags.get("format") not in KERAS_LOADABLE_EXPORTS:
             raise UsageError(
                 f"{variant.ref} is a {variant.tags.get('format')} export, which Keras does not load; "
@@ -149,12 +145,7 @@ class Registry:
         from backends import lora
 
         base_variant = self.get(base or variant.parent)
-        pinned = variant.tags.get("base_content_hash")
-        if base_variant.content_hash != pinned:
-            raise UsageError(
-                f"adapter {variant.ref} is pinned to base weights {pinned[:12]}, but {base_variant.ref} holds "
-                f"{base_variant.content_hash[:12]}; load it on {variant.parent}"
-            )
+        check_pinned_base(variant, base_variant)
         lm = self.load(base_variant, dtype=dtype)
         lora.load_adapter(lm, path)
         return lm

@@ -105,3 +105,24 @@ class VariantFiles:
                     raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def checked(variant: Variant, path: Path) -> Path:
+    """`path`, the variant's files, once their content hash is the one recorded for it."""
+    from registry.artifacts import content_hash
+
+    if content_hash(path) != variant.content_hash:
+        raise RegistryError(
+            f"the weights of {variant.ref} do not match their recorded hash (damaged files); run `gpt2reg doctor`"
+        )
+    return path
+
+
+def check_pinned_base(adapter: Variant, base: Variant) -> None:
+    """An adapter loads only onto the base weights it was trained on (its tag `base_content_hash`)."""
+    pinned = adapter.tags.get("base_content_hash")
+    if base.content_hash != pinned:
+        raise UsageError(
+            f"adapter {adapter.ref} is pinned to base weights {str(pinned)[:12]}, but {base.ref} holds "
+            f"{base.content_hash[:12]}; load it on {adapter.parent}"
+        )
