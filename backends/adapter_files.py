@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.adapter_format import ADAPTER_CONFIG, ADAPTER_FORMAT, ADAPTER_WEIGHTS, merged_kernel
+from backends.adapter_checks import check_factor_shapes, read_adapter
+from backends.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merged_kernel
 from backends.fast_decoding import ModelTensors, fused_low_rank
 from registry.errors import UsageError
 
@@ -67,19 +68,14 @@ def apply_adapter(weights: ModelTensors, adapter_dir: str | Path, num_layers: in
     """`weights` (the base's) with the adapter in `adapter_dir` applied, as the loaded adapter computes."""
     import h5py
 
-    from backends import model_files
-
     adapter_dir = Path(adapter_dir)
-    saved = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    if saved.get("format") != ADAPTER_FORMAT:
-        raise UsageError(f"{adapter_dir} holds an adapter of another format ({saved.get('format')}); train it again")
+    saved = read_adapter(adapter_dir)  # the files' links and the factors' shapes checked
     if needs_quantized_base(adapter_dir) and weights.precision != "int8":
         raise UsageError(f"the adapter in {adapter_dir} trained over its base quantized to int8: apply it to the "
                          "base's int8 tensors (backends.weight_files.quantized_int8)")
     scale = saved["alpha"] / saved["rank"]
     tensors, low_rank = dict(weights.tensors), dict(weights.low_rank)
     factors: dict[str, list] = {}  # matrix name -> factors of each fused part (None: not adapted)
-    model_files.check_hdf5_file(adapter_dir / ADAPTER_WEIGHTS)
     with h5py.File(adapter_dir / ADAPTER_WEIGHTS, "r") as store:
         for index in saved["indices"]:
             path = weighted_layer_name(index, num_layers)
@@ -93,6 +89,7 @@ def apply_adapter(weights: ModelTensors, adapter_dir: str | Path, num_layers: in
             b = np.asarray(store[str(index)]["b"], dtype=np.float32)
             parts = 3 if matrix == "attn.c_attn" else 1
             width = tensors[name].shape[1] // parts
+            check_factor_shapes(index, a.shape, b.shape, tensors[name].shape[0], width)
             if name in weights.int8:  # kept apart from the int8 matrix, as Keras computes it
                 factors.setdefault(name, [None] * parts)[part] = (a, (np.float32(scale) * b).astype(np.float32))
             else:  # folded as `gpt2reg merge` writes it

@@ -271,14 +271,11 @@ def load_adapter(model, folder: str | Path) -> dict:
     """Enable LoRA as the adapter was trained (on an int8 base if it was) and load its factors."""
     import h5py
 
-    from backends import model_files
+    from backends.adapter_checks import check_factor_shapes, read_adapter
 
     folder = Path(folder)
-    # h5py follows external links and virtual datasets: refuse any before the file is read.
-    model_files.check_hdf5_file(folder / ADAPTER_WEIGHTS)
-    saved = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    if saved.get("format") != ADAPTER_FORMAT:
-        raise UsageError(f"{folder} holds an adapter of another format ({saved.get('format')}); train it again")
+    # Its settings against its factors' shapes, and no links h5py would follow, before anything is read.
+    saved = read_adapter(folder)
     indices = enable(model, rank=saved["rank"], alpha=saved["alpha"], targets=saved["targets"],
                      dropout=saved["dropout"], base_quantization=saved["base_quantization"])
     if indices != saved["indices"]:
@@ -287,8 +284,10 @@ def load_adapter(model, folder: str | Path) -> dict:
     with h5py.File(folder / ADAPTER_WEIGHTS, "r") as store:
         for index in indices:
             a, b = factor_variables(layers[index])
-            a.assign(np.asarray(store[str(index)]["a"]))
-            b.assign(np.asarray(store[str(index)]["b"]))
+            saved_a, saved_b = store[str(index)]["a"], store[str(index)]["b"]
+            check_factor_shapes(index, saved_a.shape, saved_b.shape, a.shape[0], b.shape[1])
+            a.assign(np.asarray(saved_a))
+            b.assign(np.asarray(saved_b))
     return saved
 
 

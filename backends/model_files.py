@@ -34,6 +34,7 @@ import os
 import re
 from pathlib import Path
 
+from backends import checkpoint_shapes
 from registry.errors import UsageError, shown
 
 # Formats that load by unpickling: reading one runs the code it names.
@@ -89,10 +90,12 @@ def check_model_folder(folder: str | os.PathLike) -> None:
     root = folder.resolve()
     _check_links_stay_inside(root)
     _check_no_pickle_weights(root)
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = None  # the caller reports the damaged config
+    config = None  # a damaged config is reported by the caller
+    if config_file.stat().st_size <= checkpoint_shapes.MAX_JSON_FILE:
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
     if isinstance(config, dict) and "registered_name" in config:
         for name in KERAS_CONFIG_FILES:
             if (root / name).is_file():
@@ -103,6 +106,8 @@ def check_model_folder(folder: str | os.PathLike) -> None:
     for file in _files(root):
         if file.suffix.lower() in HDF5_SUFFIXES:
             check_hdf5_file(file)
+    # Only now that nothing in it can reach outside the folder: its config against its tensors' shapes.
+    checkpoint_shapes.check_checkpoint_shapes(root)
 
 
 # ---------------------------------------------------------------- files and links

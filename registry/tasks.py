@@ -137,10 +137,15 @@ def choose_shots(task: Task, index: int, pool: Task | None, shots: int, seed: in
     """`shots` examples for question `index`: from `pool` (a train file), else from the task minus the question."""
     if shots == 0:
         return []
-    candidates = pool.examples if pool is not None else task.examples[:index] + task.examples[index + 1:]
-    if len(candidates) < shots:
+    count = len(pool.examples) if pool is not None else len(task.examples) - 1
+    if count < shots:
         source = f"--train {pool.path}" if pool is not None else f"{task.path} (besides the question)"
-        raise UsageError(f"--shots {shots} needs {shots} examples but {source} has {len(candidates)}; "
+        raise UsageError(f"--shots {shots} needs {shots} examples but {source} has {count}; "
                          "lower --shots or give a larger --train file")
     # Seeded per question: the same --seed gives every question the same shots, run after run.
-    return random.Random(seed * 1_000_003 + index).sample(candidates, shots)
+    # Positions are drawn, not a copy of the other examples made per question, which would make a
+    # task of n lines cost n² (`sample` picks the same positions from a range as from a list).
+    picks = random.Random(seed * 1_000_003 + index).sample(range(count), shots)
+    if pool is not None:
+        return [pool.examples[position] for position in picks]
+    return [task.examples[position if position < index else position + 1] for position in picks]

@@ -429,3 +429,111 @@ def test_a_genuine_import_passes_the_checks(gpt2reg, imported_home, registered_p
     assert shown.exit_code == 0 and shown.json()["operation"] == "import"
     model_files.check_model_folder(registered_preset)
     model_files.check_import_source(fixture_dir)
+
+
+# ---------------------------------------------------------------- what a file declares, against what it holds
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """A safetensors file as the format defines it: 8-byte header length, JSON header, the data."""
+    import struct
+
+    header, offset = {}, 0
+    for name, values in tensors.items():
+        header[name] = {"dtype": "F32", "shape": list(values.shape), "data_offsets": [offset, offset + values.nbytes]}
+        offset += values.nbytes
+    raw = json.dumps(header).encode()
+    with path.open("wb") as file:
+        file.write(struct.pack("<Q", len(raw)) + raw)
+        for values in tensors.values():
+            file.write(np.ascontiguousarray(values, dtype="<f4").tobytes())
+
+
+def fixture_tensors(fixture_dir: Path) -> dict[str, np.ndarray]:
+    from backends.checkpoint_shapes import read_safetensors_header
+
+    weights = fixture_dir / "model.safetensors"
+    return {name: np.fromfile(weights, dtype="<f4", count=int(np.prod(shape)), offset=offset).reshape(shape)
+            for name, (_, shape, offset) in read_safetensors_header(weights).items()}
+
+
+def test_a_sharded_checkpoint_is_checked_across_its_shards(hf_folder, fixture_dir):
+    from backends import model_files
+
+    tensors = fixture_tensors(fixture_dir)
+    first = {name: values for name, values in tensors.items() if not name.startswith(("transformer.h.1.", "transformer.ln_f"))}
+    second = {name: values for name, values in tensors.items() if name not in first}
+    (hf_folder / "model.safetensors").unlink()
+    write_safetensors(hf_folder / "model-00001-of-00002.safetensors", first)
+    write_safetensors(hf_folder / "model-00002-of-00002.safetensors", second)
+    weight_map = {**dict.fromkeys(first, "model-00001-of-00002.safetensors"),
+                  **dict.fromkeys(second, "model-00002-of-00002.safetensors")}
+    (hf_folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    model_files.check_import_source(hf_folder)  # whole: accepted
+
+    write_safetensors(hf_folder / "model-00002-of-00002.safetensors",
+                      {name: values for name, values in second.items() if name.startswith("transformer.ln_f")})
+    with pytest.raises(UsageError, match=re.escape(
+            "config.json says 2 layers but model.safetensors.index.json (2 shards) holds tensors for 1 (h.0-h.0)")):
+        model_files.check_import_source(hf_folder)
+
+
+def test_a_tensor_reaching_past_the_end_of_its_file_is_refused(tmp_path):
+    from backends.checkpoint_shapes import read_safetensors_header
+
+    weights = tmp_path / "model.safetensors"
+    write_safetensors(weights, {"wte.weight": np.zeros((4, 4), "f4")})
+    raw = weights.read_bytes()
+    weights.write_bytes(raw.replace(b'"data_offsets": [0, 64]', b'"data_offsets": [0, 99]'))
+    with pytest.raises(UsageError, match=r"places the tensor 'wte.weight' \(F32 \[4, 4\], 64 bytes\) at bytes 0-99"):
+        read_safetensors_header(weights)
+
+
+def test_an_hdf5_dataset_declaring_more_than_its_file_holds_is_refused(gpt2reg, imported_home, preset):
+    with h5py.File(preset / "model.weights.h5", "r+") as store:
+        name = "layers/position_embedding/vars/0"
+        del store[name]
+        store.create_dataset(name, shape=(2**31, 64), dtype="f4")  # no data written: the file stays small
+    assert (preset / "model.weights.h5").stat().st_size < 50_000_000
+    assert_refused(gpt2reg, imported_home, preset, f"{2**31 * 64 * 4:,} bytes but the file is")
+
+
+def write_adapter(folder: Path, rank: int, a_shape: tuple, b_shape: tuple, index: int = 11) -> Path:
+    """An adapter of layer `index` (layer 0's query in a GPT-2 of 2 blocks) whose files say `rank`."""
+    folder.mkdir(exist_ok=True)
+    settings = {"format": "gpt2reg-lora/1", "rank": rank, "alpha": 16, "targets": "query,value", "dropout": 0.0,
+                "base_quantization": None, "indices": [index]}
+    (folder / "adapter.json").write_text(json.dumps(settings))
+    with h5py.File(folder / "adapter.lora.h5", "w") as store:
+        store[f"{index}/a"] = np.zeros(a_shape, "f4")
+        store[f"{index}/b"] = np.zeros(b_shape, "f4")
+    return folder
+
+
+def test_an_adapter_whose_declared_rank_disagrees_with_its_factors_is_refused(tmp_path, registered_preset):
+    from backends.adapter_checks import read_adapter
+    from backends.adapter_files import apply_adapter
+    from backends.weight_files import read_model_tensors
+
+    assert read_adapter(write_adapter(tmp_path / "fits", 4, (64, 4), (4, 64)))["rank"] == 4
+    with pytest.raises(UsageError, match=re.escape(
+            "adapter.json declares rank 8 but adapter.lora.h5 holds factors of shapes [64, 4] and [4, 64] for layer 11")):
+        read_adapter(write_adapter(tmp_path / "rank", 8, (64, 4), (4, 64)))
+    with pytest.raises(UsageError, match=re.escape("factors for layer 11 ([32, 4] and [4, 64]) do not make its 64x64 kernel")):
+        apply_adapter(read_model_tensors(registered_preset), write_adapter(tmp_path / "narrow", 4, (32, 4), (4, 64)), 2)
+
+
+def test_the_scan_names_each_tensor_that_is_not_finite_and_skips_integers(tmp_path):
+    from backends import finite_weights
+
+    with h5py.File(tmp_path / "model.weights.h5", "w") as store:
+        store["layers/transformer_decoder_1/_feedforward_output_dense/vars/0"] = np.full((8, 4), 127, "i1")
+        store["layers/transformer_decoder_1/_feedforward_output_dense/vars/2"] = np.array([1.0, np.nan, np.nan, 1.0], "f4")
+        store["layers/position_embedding/vars/0"] = np.ones((4, 4), "f4")
+    write_safetensors(tmp_path / "model.safetensors", {"h.0.mlp.c_fc.weight": np.array([[1.0, np.inf]], "f4")})
+
+    found = finite_weights.scan_folder(tmp_path)
+    assert [str(item) for item in found] == [
+        "h.0.mlp.c_fc.weight holds 1 infinite value(s)",
+        "transformer_layer_1/feedforward_output_dense/kernel_scale holds 2 NaN value(s)",
+    ]

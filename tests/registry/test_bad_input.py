@@ -104,7 +104,7 @@ def test_unknown_option_is_a_usage_error(gpt2reg):
         ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon"),
         ({"model_type": "llama"}, "not a GPT-2 checkpoint"),
         (None, "lacks model.safetensors"),
-        ("truncate", "cannot load the checkpoint"),
+        ("truncate", "the file is truncated or damaged"),
     ],
 )
 def test_checkpoints_keras_hub_cannot_compute_exactly_are_refused(gpt2reg, fixture_dir, tmp_path, change, message):
