@@ -33,6 +33,8 @@ def capability_section(capability) -> str:
     extras = []
     if capability.operation is not None:
         extras.append("| `--name` | text | `PARENT-" + capability.operation + "` | Registered model for the result. |")
+        extras.append("| `--allow-nonfinite` | flag | - | Register the result even if its weights hold NaN or "
+                      "infinite values, tagged with a warning (by default it is refused). |")
     if capability.uses_device:
         extras.append("| `--device` | auto \\| cpu \\| gpu \\| multi-gpu \\| multiworker \\| tpu | `auto` | "
                       "Where it runs (a `tf.distribute` strategy). |")

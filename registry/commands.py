@@ -57,6 +57,9 @@ def capability_command(capability) -> click.Command:
     if capability.operation is not None:
         params.append(click.Option(["--name"], default=None,
                                    help=f"Registered model for the result (default: PARENT-{capability.operation})."))
+        params.append(click.Option(["--allow-nonfinite"], is_flag=True,
+                                   help="Register the result even if its weights hold NaN or infinite values, "
+                                        "tagged with a warning (by default it is refused)."))
     if capability.uses_device:
         params.append(click.Option(["--device"], default="auto", show_default=True,
                                    help="auto | cpu | gpu | multi-gpu | multiworker | tpu"))
@@ -118,6 +121,7 @@ def _given(values: dict[str, Any]) -> dict[str, Any]:
 def _run_command(capability, items: list[Declared], values: dict[str, Any]) -> None:
     reference = values.pop(capability.reference, None) if capability.needs_model else None
     name = values.pop("name", None)
+    allow_nonfinite = values.pop("allow_nonfinite", False)
     device = values.pop("device", "auto")
     stream = values.pop("stream", False)
     log = values.pop("log_result", False)
@@ -142,7 +146,8 @@ def _run_command(capability, items: list[Declared], values: dict[str, Any]) -> N
     from registry.capability import CapabilityResult, Outcome
 
     registry = open_registry(progress=capability.operation is not None)
-    done = registry.run(capability.name, reference, options=options, name=name, device=device)
+    done = registry.run(capability.name, reference, options=options, name=name, device=device,
+                        allow_nonfinite=allow_nonfinite)
     instance = capability()
     if capability.operation is not None and isinstance(done, CapabilityResult):
         # A worker of a cluster that is not its chief: it trained its share, the chief records.

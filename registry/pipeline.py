@@ -19,7 +19,6 @@ import errno
 import json
 import shutil
 import tempfile
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,10 +95,12 @@ class Pipeline:
     progress: Progress = lambda **fields: None
 
     def run(self, capability: str, variant: str | Variant | None = None, *, name: str | None = None,
-            device: str = "auto", options: Any) -> Variant | CapabilityResult:
+            device: str = "auto", options: Any, allow_nonfinite: bool = False) -> Variant | CapabilityResult:
         """Run a capability (see `Registry.run`); a capability that makes a variant returns the new `Variant`.
 
         `options` is a dict of option values, or the capability's own checked ``Options`` instance.
+        `allow_nonfinite`: register a variant whose weights hold NaN or infinite values, with a warning tag,
+        rather than refuse it (see `check_finite_weights`).
         """
         from registry import plugins
 
@@ -145,7 +146,8 @@ class Pipeline:
                         return result
                     parents = [(parent, cap.parent_role), *result.other_parents] if parent else list(result.other_parents)
                     new = record_and_deliver(recorder, name=name, operation=cap.operation, parents=parents,
-                                             result=result, staging=staging, kind=cap.variant_kind)
+                                             result=result, staging=staging, kind=cap.variant_kind,
+                                             allow_nonfinite=allow_nonfinite)
                     for folder in result.discard_after_record:
                         shutil.rmtree(folder, ignore_errors=True)
             else:
@@ -172,10 +174,24 @@ class Pipeline:
     def staging(self) -> Iterator[Path]:
         """A new folder in the home's staging area for a variant being made, removed afterwards.
 
+        The folder is named after a lease (`registry.leases`) held until it is removed: the
+        recorder's run and model version carry the same lease, so that `gpt2reg doctor` leaves
+        the work alone while it goes on, and finds it debris as soon as the process dies.
+
         A full disk while the block runs becomes a one-line `RegistryError` saying that nothing was registered.
         """
+        from registry import leases
+
         self.home.create()
-        folder = Path(tempfile.mkdtemp(prefix=f"{uuid.uuid4().hex[:8]}-", dir=self.home.staging))
+        # The lease comes first and the folder is named after it, so `gpt2reg doctor` never
+        # finds this folder without a live lease while the work goes on.
+        lease = leases.take(self.home)
+        try:
+            folder = Path(tempfile.mkdtemp(prefix=f"{lease.id}-", dir=self.home.staging))
+        except BaseException:
+            lease.release()
+            raise
+        leases.cover(folder, lease)
         try:
             yield folder
         except Exception as error:
@@ -188,17 +204,42 @@ class Pipeline:
             raise
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+            leases.uncover(folder)
+            lease.release()  # last: the folder is gone before its lease is
 
     def record(self, *, name: str, operation: str, parents: list, result: CapabilityResult, staging: Path,
-               kind: str = "full") -> Variant:
+               kind: str = "full", allow_nonfinite: bool = False) -> Variant:
         """Register `result` (its files in `staging`) as a new version of `name`."""
+        check_finite_weights(result, allow_nonfinite)
         return self.open_recorder().record(name=name, operation=operation, parents=parents, result=result,
                                            staging=staging, kind=kind)
 
 
+def check_finite_weights(result: CapabilityResult, allow_nonfinite: bool) -> None:
+    """Refuse a new variant whose weight files hold NaN or infinite values, or, with `allow_nonfinite`,
+    tag it ``warning: nonfinite-weights: ...`` (MLflow's ``gpt2reg.warning``, the lineage row's tags).
+
+    Such a model loads and saves like any other but computes NaN; the core checks every variant it
+    records, whichever command or plugin made it.
+    """
+    from backends import finite_weights
+
+    if result.preset_dir is None:
+        return
+    found = finite_weights.describe(finite_weights.scan_folder(result.preset_dir))
+    if not found:
+        return
+    if not allow_nonfinite:
+        raise UsageError(f"{found}; a model with weights that are not finite computes NaN, so nothing was registered: "
+                         "fix the weights (a clean checkpoint, a lower learning rate), or pass --allow-nonfinite "
+                         "(SDK: allow_nonfinite=True) to register it anyway with a warning tag")
+    result.tags["warning"] = f"nonfinite-weights: {found}"
+
+
 def record_and_deliver(recorder: Recorder, *, name: str, operation: str, parents: list,
-                       result: CapabilityResult, staging: Path, kind: str) -> Variant:
-    """Record the result; copy it to `result.deliver_to` too, both or neither."""
+                       result: CapabilityResult, staging: Path, kind: str, allow_nonfinite: bool = False) -> Variant:
+    """Record the result, once its weights are checked; copy it to `result.deliver_to` too, both or neither."""
+    check_finite_weights(result, allow_nonfinite)
     partial = artifacts.stage_delivery(result.preset_dir, result.deliver_to) if result.deliver_to else None
     try:
         new = recorder.record(name=name, operation=operation, parents=parents, result=result,
