@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from registry import artifacts, serving
+from registry import artifacts, leases, serving
 from registry.artifacts import MANIFEST, MODEL_ARTIFACT, weights_path
 from registry.capability import CapabilityResult
 from registry.tracking import TAG_PREFIX
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from registry.tracking import Tracker
 
 CHILDREN_DRAWN = 24  # a parent's picture shows its newest children; the others become one "+N more" node
+# A picture (and its lineage.json) shows this many generations of ancestors: a chain 1,000 generations
+# deep would otherwise be drawn whole at every registration (seconds, and a picture 240,000 pixels wide).
+GENERATIONS_DRAWN = 12
 log = logging.getLogger(__name__)
 
 
@@ -81,6 +84,18 @@ class Recorder:
         staging: Path,
         kind: str = "full",
     ) -> "Variant":
+        """Register `result` as a new version of `name`, whole or not at all (see the module's notes).
+
+        Under the lease of the staging folder (`registry.leases`), held until after the lineage
+        commit: the run, model version and registered model made before it carry that lease,
+        so `gpt2reg doctor` sees them as work in progress, not debris, until then.
+        """
+        with leases.covering_lease(self.home, staging) as lease:
+            return self._record(name=name, operation=operation, parents=parents, result=result,
+                                staging=staging, kind=kind, lease=lease)
+
+    def _record(self, *, name: str, operation: str, parents: list[tuple["Variant", str]],
+                result: CapabilityResult, staging: Path, kind: str, lease: leases.Lease) -> "Variant":
         from backends.configs import parameter_count
 
         tracker = self.tracker
@@ -120,9 +135,17 @@ class Recorder:
             f"{TAG_PREFIX}parent": parent_refs,
             f"{TAG_PREFIX}content_hash": content_hash,
             f"{TAG_PREFIX}config": json.dumps(config, sort_keys=True),
+            leases.LEASE_TAG: lease.tag,
         }
-        run = tracker.start_run(run_name=f"{name} ({operation})", tags=tags)
+        # Runs in a store other than the home's own files carry a heartbeat too: a lease file
+        # on this machine says nothing to a teammate's doctor. Its period is read before the
+        # run starts, so that a bad setting fails before anything is made.
+        period = None if self.home.is_local else leases.heartbeat_seconds()
+        run = tracker.start_run(run_name=f"{name} ({operation})",
+                                tags={**tags, **({leases.HEARTBEAT_TAG: leases.heartbeat_now()} if period else {})})
         run_id = run.info.run_id
+        heartbeat = leases.Heartbeat(lambda now: tracker.set_run_tag(run_id, leases.HEARTBEAT_TAG, now), period)
+        heartbeat.start()
         version = None
         try:
             tracker.log_params(run_id, {"operation": operation, **result.settings})
@@ -137,6 +160,7 @@ class Recorder:
                 run_id=run_id,
                 tags=tags,
                 description=_description(operation, parents, metrics),
+                model_tags={leases.LEASE_TAG: lease.tag},
             )
             version = int(model_version.version)
             tracker.log_artifacts(
@@ -169,10 +193,12 @@ class Recorder:
                 parents=edges,
             )
         except BaseException:
+            heartbeat.stop()
             if version is not None:
                 tracker.delete_version(name, version)
             tracker.delete_run(run_id)
             raise
+        heartbeat.stop()
         # The variant is committed: what follows only redraws its parents' pictures and never undoes it.
         committed_at = _now()
         for parent in {p.ref: p for p, _ in parents}.values():
@@ -249,10 +275,11 @@ class Recorder:
         return _draw(graph, staging / "lineage")
 
     def _ancestry(self, root: str, variants: list["Variant"]) -> LineageGraph:
-        """The variants and all their ancestors, and the edges among them, around `root`."""
+        """The variants and their ancestors up to GENERATIONS_DRAWN generations back, and the edges
+        among them, around `root` (``extras["oldest_drawn"]`` names where older ones were left out)."""
         graph = LineageGraph(root=root)
         for variant in variants:
-            graph.add(read_lineage(self.lineage_store, variant, descendants=False))
+            graph.add(read_lineage(self.lineage_store, variant, descendants=False, generations=GENERATIONS_DRAWN))
         return graph
 
     def _refresh_lineage_picture(self, parent: "Variant", staging: Path, committed_at: str) -> None:
@@ -289,8 +316,10 @@ class Recorder:
                 for name in ("lineage.png", "lineage.json"):  # the JSON last: it holds the reading's time
                     os.replace(drawn / name, target / name)
         except Exception as error:  # the variant is committed; a stale picture is no reason to fail
+            from registry.errors import masked
+
             log.warning("warning: the lineage picture of %s was not redrawn (%s); the new variant is registered",
-                        parent.ref, error)
+                        parent.ref, masked(str(error)))
 
     def _draw_family(self, parent: "Variant", folder: Path, read_at: str) -> Path:
         """`parent`'s ancestors and its newest CHILDREN_DRAWN children, drawn in `folder`."""
@@ -298,8 +327,9 @@ class Recorder:
 
         graph = self._ancestry(parent.ref, [parent])
         store = self.lineage_store
-        children = store.children(parent.name, parent.version)  # oldest first
-        drawn = children[-CHILDREN_DRAWN:]
+        # The newest children only, and a count of all: a busy parent has thousands.
+        children = store.child_count(parent.name, parent.version)
+        drawn = store.children(parent.name, parent.version, newest=CHILDREN_DRAWN)  # oldest first
         for edge in drawn:
             row = store.get(*parse_ref(edge.child_ref))
             if row is None:
@@ -307,8 +337,8 @@ class Recorder:
             graph.nodes[row.ref] = LineageNode.of(read_variant(store, row))
             graph.edges.append(LineageEdge(parent=edge.parent_ref, child=edge.child_ref, operation=edge.operation,
                                            role=edge.role, settings=edge.settings, metric_deltas=edge.metric_deltas))
-        graph.omitted_children[parent.ref] = len(children) - len(drawn)
-        graph.extras.update(lineage_read_at=read_at, children=len(children))
+        graph.omitted_children[parent.ref] = children - len(drawn)
+        graph.extras.update(lineage_read_at=read_at, children=children)
         return _draw(graph, folder)
 
 

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from registry.errors import NotFoundError, RegistryError, UsageError
-from registry.home import Home, connection_problem
+from registry.errors import NotFoundError, RegistryError, UsageError, masked
+from registry.home import Home, connection_problem, shown_url
 
 EXPERIMENT = "gpt2reg"
 TAG_PREFIX = "gpt2reg."
@@ -87,12 +87,13 @@ class Tracker:
         return self._experiment_id
 
     def start_run(self, run_name: str, tags: dict[str, str]):
-        return self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        return self.client.create_run(self.experiment_id, run_name=run_name, tags=_masked_tags(tags))
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        flat = [Param(key, str(value)[:6000]) for key, value in _flatten(params).items()]
+        # A setting may quote a URL with its password (an import's source): recorded masked.
+        flat = [Param(key, masked(str(value))[:6000]) for key, value in _flatten(params).items()]
         for start in range(0, len(flat), _PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=flat[start : start + _PARAMS_PER_BATCH])
 
@@ -135,7 +136,7 @@ class Tracker:
         self.client.set_terminated(run_id, status=status)
 
     def set_run_tag(self, run_id: str, key: str, value: str) -> None:
-        self.client.set_tag(run_id, key, value)
+        self.client.set_tag(run_id, key, masked(str(value)))
 
     def delete_run(self, run_id: str) -> None:
         """Mark the run deleted in MLflow and remove its artifact files.
@@ -170,7 +171,7 @@ class Tracker:
             get_artifact_repository(artifact_uri, tracking_uri=self.home.tracking_uri).delete_artifacts()
         except Exception as error:  # a server that cannot delete: the run is still marked deleted
             logging.getLogger(__name__).warning("warning: the files of %s stay on the tracking server (%s); "
-                                                "`mlflow gc` there removes them", artifact_uri, error)
+                                                "`mlflow gc` there removes them", artifact_uri, masked(str(error)))
 
     def run_artifact_folder(self, artifact_uri: str | None) -> Path | None:
         """The local folder of a run's artifacts (`<root>/<experiment>/<run>`), only inside this home."""
@@ -192,16 +193,19 @@ class Tracker:
 
     # ------------------------------------------------------------ registry
 
-    def register(self, name: str, source: str, run_id: str, tags: dict[str, str], description: str):
+    def register(self, name: str, source: str, run_id: str, tags: dict[str, str], description: str,
+                 model_tags: dict[str, str] | None = None):
+        """A new version of `name`; `model_tags` go on the registered model when this call creates it."""
         from mlflow.exceptions import MlflowException
 
         try:
-            self.client.create_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)
+            self.client.create_registered_model(name, tags=_masked_tags(model_tags or {}),
+                                                description=REGISTERED_MODEL_DESCRIPTION)
         except MlflowException as error:
             if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code):
                 raise
         return self.client.create_model_version(
-            name=name, source=source, run_id=run_id, tags=tags, description=description
+            name=name, source=source, run_id=run_id, tags=_masked_tags(tags), description=masked(description)
         )
 
     def delete_version(self, name: str, version: int) -> None:
@@ -264,9 +268,9 @@ class Tracker:
         except Exception as error:
             if self.home.tracking_server and _unreachable(error):
                 raise TrackingServerUnreachable(
-                    f"the MLflow tracking server {self.home.tracking_uri} stopped answering while fetching "
+                    f"the MLflow tracking server {shown_url(self.home.tracking_uri)} stopped answering while fetching "
                     f"{artifact_uri}; check that it is running and run the command again") from None
-            raise RegistryError(f"cannot fetch artifacts {artifact_uri}: {error}") from error
+            raise RegistryError(f"cannot fetch artifacts {artifact_uri}: {masked(str(error))}") from error
 
 
 def check_server_answers(uri: str, timeout: float = 10.0) -> None:
@@ -276,19 +280,27 @@ def check_server_answers(uri: str, timeout: float = 10.0) -> None:
     probe); only a refused or timed-out connection is an error here.
     """
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+        # urllib reads `user:password@` as part of the host name; the probe needs no credentials.
+        parts = urllib.parse.urlsplit(uri)
+        address = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        with urllib.request.urlopen(f"{address.rstrip('/')}/health", timeout=timeout):
             return
     except urllib.error.HTTPError:
         return
     except (urllib.error.URLError, OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
+        reason = masked(str(getattr(error, "reason", error)))
         raise TrackingServerUnreachable(
-            f"cannot reach the MLflow tracking server at {uri} ({reason}); start it (`mlflow server "
+            f"cannot reach the MLflow tracking server at {shown_url(uri)} ({reason}); start it (`mlflow server "
             "--backend-store-uri DATABASE_URL --serve-artifacts --host HOST --port PORT`) or correct --tracking-uri"
         ) from None
+
+
+def _masked_tags(tags: dict[str, str]) -> dict[str, str]:
+    return {key: masked(str(value)) for key, value in tags.items()}
 
 
 def _unreachable(error: BaseException | None) -> bool:

@@ -79,10 +79,16 @@ class VariantFiles:
         their hash is checked, so an interrupted download is never mistaken for the variant
         (which `gpt2reg doctor` would then report as damaged in the shared store).
         """
-        from registry import artifacts
+        from registry import leases
 
         cache.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{cache.name[:12]}-download-", dir=cache.parent))
+        with leases.hold(self.home) as lease:  # named in the work folder's name: `gpt2reg doctor` leaves it alone
+            work = Path(tempfile.mkdtemp(prefix=f".{cache.name[:12]}-download-{lease.id}-", dir=cache.parent))
+            self._fetch_checked(variant, inside, cache, work)
+
+    def _fetch_checked(self, variant: Variant, inside: str, cache: Path, work: Path) -> None:
+        from registry import artifacts
+
         try:
             fetched = self.tracker().download(f"{variant.artifact_uri}/{inside}", work)
             if not (fetched / artifacts.MANIFEST).is_file():
