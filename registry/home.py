@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from registry.errors import UsageError
+from registry.errors import MASK, UsageError, masked
 
 DEFAULT_HOME = "mlruns"
 # Tracking URIs that name a database MLflow opens itself (no tracking server between).
@@ -44,6 +44,10 @@ class Home:
             lineage_url=with_installed_driver(_checked_uri(lineage_url, "--lineage-url"))
             if lineage_url else f"sqlite:///{path / 'lineage.db'}",
         )
+
+    def __repr__(self) -> str:  # a URL's password stays out of tracebacks and logs
+        return (f"Home(path={str(self.path)!r}, tracking_uri={shown_url(self.tracking_uri)!r}, "
+                f"lineage_url={shown_url(self.lineage_url)!r})")
 
     @property
     def artifact_root(self) -> Path:
@@ -113,8 +117,9 @@ def _checked_uri(url: str, option: str) -> str:
     scheme = _scheme(url)
     if scheme in ("", "file") or ("://" not in url and not scheme.startswith("databricks")):
         # MLflow would take a bare path for its file store, which it refuses since 3.13.
-        raise UsageError(f"{option} {url!r} is not a URL: give an MLflow server (http://host:5000) or a database "
-                         "(postgresql://user@host/db, sqlite:////path/to/file.db), or use --home DIR for a local registry")
+        raise UsageError(f"{option} {shown_url(url)!r} is not a URL: give an MLflow server (http://host:5000) "
+                         "or a database (postgresql://user@host/db, sqlite:////path/to/file.db), "
+                         "or use --home DIR for a local registry")
     return url
 
 
@@ -140,21 +145,24 @@ def with_installed_driver(url: str) -> str:
 
 
 def shown_url(url: str) -> str:
-    """The URL with any password masked, for messages."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    """The URL with any password masked, for messages and documents.
 
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return url
+    `postgresql://team:***@db.example/registry`, as SQLAlchemy's
+    `render_as_string(hide_password=True)` shows it; http(s) URLs and query
+    credentials too (see `registry.errors.masked`). A URL given without its
+    scheme (`team:secret@db.example`) is masked all the same.
+    """
+    credentials, at, address = url.rpartition("@")
+    if at and "://" not in url and ":" in credentials:
+        url = f"{credentials.split(':', 1)[0]}:{MASK}@{address}"
+    return masked(url)
 
 
 def connection_problem(url: str, error: BaseException, option: str) -> str:
     """One line naming why a database server refused a connection, and what to do about it."""
     cause = getattr(error, "orig", None) or error
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    reason = lines[0] if lines else type(cause).__name__
+    reason = masked(lines[0]) if lines else type(cause).__name__  # a driver may quote its connection string
     if "does not exist" in reason:
         fix = f"create it (`createdb NAME` on the server) or correct {option}"
     elif "authentication failed" in reason or "password" in reason:

@@ -9,10 +9,13 @@ importable from `registry.cli`).
 from __future__ import annotations
 
 import json
+import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 import click
 
-from registry.errors import UsageError
+from registry.errors import UsageError, masked
 
 
 def _store_option(ctx, param, value):
@@ -58,6 +61,41 @@ def open_registry(progress: bool = False):
 
         reporter = ProgressReporter()
     return Registry(_meta("home"), tracking_uri=_meta("tracking_uri"), lineage_url=_meta("lineage_url"), progress=reporter)
+
+
+class MaskedStream:
+    """stdout or stderr with every secret masked on its way out (see `registry.errors.masked`).
+
+    The CLI writes through it while a command runs, so that no table, document, warning,
+    log line or error shows a URL's password or a token, whichever code formatted it.
+    Each write is masked whole: the CLI and the libraries write a URL in one piece.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        return self._stream.write(masked(text))
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name):
+        if name == "buffer":  # bytes written there would bypass the mask: click then writes text here
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def masked_output() -> Iterator[None]:
+    """Mask secrets in everything written to sys.stdout and sys.stderr while the block runs."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = MaskedStream(sys.stdout), MaskedStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = streams
 
 
 def emit(document, human=None) -> None:
