@@ -229,9 +229,13 @@ def _fake_preset(folder: Path) -> Path:
 
 @pytest.fixture
 def copied_home(tmp_path, family_home):
-    """A copy of the family store (its rows still name the original's artifact store)."""
+    """A copy of the family store, opened once: its rows now name its own artifact store."""
+    from registry.home import Home
+    from registry.relocation import relocate
+
     copy = tmp_path / "copy"
     shutil.copytree(family_home, copy, ignore=shutil.ignore_patterns("runtimes", "cache"))
+    relocate(Home.resolve(copy))
     return copy
 
 
@@ -249,13 +253,14 @@ def _record_uri(home: Path, ref: str, uri: str) -> None:
 
 @pytest.mark.parametrize("where", ["absolute", "file-uri", "dot-dot", "escaped-dot-dot", "remote-host",
                                    "link-in-store", "original-home"])
-def test_a_recorded_location_outside_the_artifact_store_is_refused(gpt2reg, copied_home, tmp_path, where):
+def test_a_recorded_location_outside_the_artifact_store_is_refused(gpt2reg, family_home, copied_home, tmp_path,
+                                                                   where):
     from registry import Registry
     from registry.errors import UsageError
 
     outside = _fake_preset(tmp_path / "outside")
     root = copied_home / "artifacts"
-    original = _recorded_uri(copied_home, "base/1")
+    original = _recorded_uri(family_home, "base/1")
     uri = {
         "absolute": str(outside),
         "file-uri": outside.as_uri(),
@@ -263,13 +268,12 @@ def test_a_recorded_location_outside_the_artifact_store_is_refused(gpt2reg, copi
         "escaped-dot-dot": f"file://{root}/%2e%2e/%2E%2E/outside",
         "remote-host": f"file://store.example{outside}",
         "link-in-store": None,
-        "original-home": original,  # a copied store's rows still point into the store it was copied from
+        "original-home": original,  # a row of the copy pointing back into the store it was copied from
     }[where]
     if where == "link-in-store":
         (root / "escape").symlink_to(outside)
         uri = f"file://{root}/escape"
-    if uri != original:
-        _record_uri(copied_home, "base/1", uri)
+    _record_uri(copied_home, "base/1", uri)
     before, around = store_snapshot(copied_home), _tree(tmp_path / "outside")
 
     with pytest.raises(UsageError, match="outside this home's artifact store"):
