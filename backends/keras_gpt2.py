@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from backends import model_files
+from backends import checkpoint_shapes, model_files
 from backends.configs import BACKBONE_CONFIG_KEYS, GPT2_VOCABULARY_SIZE, get_config  # noqa: F401  (re-export)
 from registry.errors import NotFoundError, UsageError
 
@@ -141,22 +141,7 @@ def import_model(source: str, dest_dir: str | os.PathLike) -> dict:
     elif model_files.looks_like_path(source):
         raise NotFoundError(f"{source} does not exist; give a checkpoint folder, a KerasHub preset name or hf://org/repo")
     else:
-        kind = "hf-hub" if source.startswith("hf://") else "keras-hub-preset"
-        host = "huggingface.co" if kind == "hf-hub" else "www.kaggle.com"
-        if not _resolvable(host):
-            # Fail at once rather than after the hub clients' retries.
-            raise UsageError(
-                f"cannot fetch {source!r}: {host} is unreachable (no network); "
-                "download the checkpoint where the network allows and import the local folder"
-            )
-        try:
-            lm = keras_hub.models.GPT2CausalLM.from_preset(source)
-        except Exception as error:  # network errors come in many types
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UsageError(
-                f"could not fetch {source!r} ({reason[:160]}); where there is no network, "
-                "download it elsewhere and import the local folder"
-            ) from None
+        return _import_from_hub(source, dest_dir)
     _fit_preprocessor_to_context(lm)
     if lm.backbone.vocabulary_size != GPT2_VOCABULARY_SIZE:
         raise UsageError(
@@ -167,14 +152,32 @@ def import_model(source: str, dest_dir: str | os.PathLike) -> dict:
     return {"source": str(source), "source_format": kind}
 
 
-def _resolvable(host: str) -> bool:
-    import socket
+def _import_from_hub(source: str, dest_dir: str | os.PathLike) -> dict:
+    """Download the checkpoint into a temporary folder, then import that folder as any local one:
+    the same file checks, the same loader, nothing read from the hub straight into Keras."""
+    from backends import hub_sources
 
-    try:
-        socket.getaddrinfo(host, 443)
-        return True
-    except OSError:
-        return False
+    kind = "hf-hub" if source.startswith(hub_sources.HF_SCHEME) else "keras-hub-preset"
+    kaggle_handle = None if kind == "hf-hub" else _kaggle_handle(source)
+    with hub_sources.downloaded(source, kaggle_handle) as (folder, provenance):
+        try:
+            description = import_model(str(folder), dest_dir)
+        except UsageError as error:
+            # The message names the temporary folder, which is gone once this returns: name the source.
+            raise type(error)(str(error).replace(str(folder), source)) from None
+    return {**description, "source": source, "source_format": kind, "source_layout": description["source_format"],
+            **provenance}
+
+
+def _kaggle_handle(preset_name: str) -> str:
+    """The Kaggle handle of one of KerasHub's built-in GPT-2 presets."""
+    presets = keras_hub.models.GPT2Backbone.presets
+    if preset_name not in presets:
+        raise NotFoundError(
+            f"{preset_name!r} is not one of KerasHub's GPT-2 presets ({', '.join(sorted(presets))}); "
+            "give one of those, hf://org/repo or a checkpoint folder"
+        )
+    return presets[preset_name]["kaggle_handle"]
 
 
 # Hugging Face GPT-2 settings that KerasHub's GPT-2 computes with fixed values.
@@ -206,21 +209,23 @@ def _check_local_checkpoint(path: Path) -> tuple[str, dict]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UsageError(f"{path} is not a checkpoint folder (no config.json); give a KerasHub preset or Hugging Face GPT-2 folder")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{config_file} is not valid JSON ({error}); the checkpoint is damaged") from None
+    config = checkpoint_shapes.read_json_file(config_file)
+    if not isinstance(config, dict):
+        raise UsageError(f"{config_file} is not a JSON object; the checkpoint is damaged")
     if "registered_name" in config:
         if "GPT2" not in str(config.get("registered_name")):
             raise UsageError(f"{path} holds a {config['registered_name']} preset, not GPT-2")
         if not (path / "model.weights.h5").is_file():
             raise UsageError(f"{path} has no model.weights.h5; the preset is incomplete")
+        checkpoint_shapes.check_keras_preset(path, config.get("config") if isinstance(config.get("config"), dict) else {})
         return "keras-preset", {}
     if config.get("model_type") == "gpt2":
         missing = [name for name in ("model.safetensors", "vocab.json", "merges.txt") if not (path / name).is_file()]
         if missing:
             hint = " (pickled pytorch_model.bin is refused: convert it to safetensors)" if (path / "pytorch_model.bin").exists() else ""
             raise UsageError(f"{path} lacks {', '.join(missing)}{hint}; a Hugging Face GPT-2 folder needs config.json, model.safetensors, vocab.json and merges.txt")
+        # Before Keras builds anything: a config claiming more than the weights hold would allocate it all.
+        checkpoint_shapes.check_hf_checkpoint(path, config)
         return "hf-checkpoint", _hf_overrides(path, config)
     raise UsageError(
         f"{path} is not a GPT-2 checkpoint (config.json names model_type {config.get('model_type')!r})"
