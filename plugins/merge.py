@@ -7,8 +7,6 @@ probe batch is measured and recorded.
 
 from __future__ import annotations
 
-import numpy as np
-
 from registry import Capability, CapabilityResult, hookimpl
 from registry.capability import sample_generations
 from registry.errors import UsageError
@@ -26,6 +24,8 @@ class Merge(Capability):
     def run(self, context, options):
         if context.variant.kind != "adapter":
             raise UsageError(f"{context.variant.ref} is not an adapter; merge takes a variant made by `gpt2reg lora`")
+        import numpy as np  # here, not at the top: every `gpt2reg` command imports this module
+
         from backends import keras_gpt2, lora
 
         adapted = context.load_model()

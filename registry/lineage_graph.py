@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from registry.variant import Variant, read_variant
+from registry.variant import Variant, variant_from_row
 
 if TYPE_CHECKING:
     from registry.lineage import LineageStore
@@ -80,7 +80,15 @@ class LineageGraph:
     def add(self, other: LineageGraph) -> None:
         """Take in `other`'s nodes and the edges this graph does not have yet."""
         self.nodes.update(other.nodes)
-        self.edges.extend(edge for edge in other.edges if edge not in self.edges)
+        # By key, not by `in self.edges`: that compares each new edge with every edge (a deep family has thousands).
+        have = {_key(edge) for edge in self.edges}
+        for edge in other.edges:
+            if _key(edge) not in have:
+                have.add(_key(edge))
+                self.edges.append(edge)
+        for ref in other.extras.get("oldest_drawn", ()):
+            if ref not in self.extras.setdefault("oldest_drawn", []):
+                self.extras["oldest_drawn"].append(ref)
 
     def children(self, ref: str) -> list[LineageEdge]:
         return [edge for edge in self.edges if edge.parent == ref]
@@ -102,12 +110,30 @@ class LineageGraph:
         return document
 
 
-def read_lineage(store: LineageStore, variant: Variant, *, descendants: bool = True) -> LineageGraph:
-    """`variant`'s family in `store`: its ancestors and (unless ``descendants=False``) its descendants."""
-    rows, edges = store.graph(variant.name, variant.version, descendants=descendants)
-    return LineageGraph(
+def _key(edge: LineageEdge) -> tuple[str, str, str, str]:
+    return edge.parent, edge.child, edge.operation, edge.role
+
+
+def read_lineage(store: LineageStore, variant: Variant, *, descendants: bool = True,
+                 generations: int | None = None) -> LineageGraph:
+    """`variant`'s family in `store`: its ancestors and (unless ``descendants=False``) its descendants;
+    with ``generations=N`` only those at most N generations away.
+
+    Where that leaves older ancestors out, ``extras["oldest_drawn"]`` lists the variants whose parents
+    are not in the graph although they have some (with ``descendants=False``).
+    """
+    rows, edges = store.graph(variant.name, variant.version, descendants=descendants, generations=generations)
+    # The nodes' parents in one query: a descendant's other parents (a distillation's) may lie outside the family.
+    parents = store.parent_refs(row.id for row in rows)
+    graph = LineageGraph(
         root=variant.ref,
-        nodes={row.ref: LineageNode.of(read_variant(store, row)) for row in rows},
+        nodes={row.ref: LineageNode.of(variant_from_row(row, parents.get(row.id, ()))) for row in rows},
         edges=[LineageEdge(parent=e.parent_ref, child=e.child_ref, operation=e.operation, role=e.role,
                            settings=e.settings, metric_deltas=e.metric_deltas) for e in edges],
     )
+    if generations is not None and not descendants:
+        cut = [ref for ref, node in graph.nodes.items()
+               if any(parent not in graph.nodes for parent in (node.document or {}).get("parents", ()))]
+        if cut:
+            graph.extras["oldest_drawn"] = cut
+    return graph

@@ -10,14 +10,14 @@ import random
 import re
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, create_engine, delete, event, func, select, text
+from sqlalchemy import Connection, create_engine, delete, event, func, literal, select, text, union
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import Session, joinedload, sessionmaker
+from sqlalchemy.orm import Session, aliased, joinedload, sessionmaker
 
 from registry.errors import NotFoundError, RegistryError, UsageError
 from registry.lineage.entities import LineageEdge, LineageVariant
@@ -37,6 +37,7 @@ _PG_MIGRATION_LOCK = 0x67707432_6C696E
 _PG_WRITE_LOCK = 0x67707432_6C7772
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_ID_BATCH = 5000  # ids per IN (...) list
 
 Parent = tuple[str, str, Mapping[str, Any], Mapping[str, float]]
 
@@ -61,7 +62,7 @@ class LineageStore:
     """
 
     def __init__(self, url: str) -> None:
-        from registry.home import with_installed_driver
+        from registry.home import shown_url, with_installed_driver
 
         try:
             parsed = make_url(with_installed_driver(url))
@@ -73,9 +74,9 @@ class LineageStore:
                 # pool_pre_ping: a long-lived store outlives a restart of the database server.
                 engine = create_engine(parsed, pool_pre_ping=True, **_connect_options(parsed))
         except ArgumentError as exc:
-            raise UsageError(f"bad lineage database URL {url!r}: {exc}") from exc
+            raise UsageError(f"bad lineage database URL {shown_url(url)!r}: {exc}") from exc
         except ModuleNotFoundError as exc:  # the URL names a driver that is not installed
-            raise UsageError(f"the lineage database URL {url!r} needs the {exc.name} module: pip install it, "
+            raise UsageError(f"the lineage database URL {shown_url(url)!r} needs the {exc.name} module: pip install it, "
                              "or for PostgreSQL pip install 'gpt2-registry[postgres]'") from None
         self._display_url = parsed.render_as_string(hide_password=True)
         if self._is_sqlite:
@@ -276,6 +277,24 @@ class LineageStore:
             row_id = _require(session, name, version).id
             session.execute(delete(Variant).where(Variant.id == row_id))
 
+    def relocate_artifacts(self, old_prefix: str, new_prefix: str) -> int:
+        """Point every artifact URI that is `old_prefix`, or lies under it, at the same place under
+        `new_prefix` (a home moved or copied elsewhere); returns how many variants changed. For
+        example `relocate_artifacts("file:///old/home/artifacts", "file:///new/home/artifacts")`.
+        """
+        from sqlalchemy import literal, or_, update
+
+        uri = Variant.artifact_uri
+        with self.session_scope(write=True) as session:
+            moved = session.execute(
+                update(Variant)
+                # The prefix and a "/", never a sibling folder that merely starts with the same name.
+                .where(or_(uri == old_prefix, uri.startswith(old_prefix + "/", autoescape=True)))
+                .values(artifact_uri=literal(new_prefix) + func.substr(uri, len(old_prefix) + 1))
+                .execution_options(synchronize_session=False)
+            )
+            return moved.rowcount
+
     # -- reads ------------------------------------------------------------
 
     def get(self, name: str, version: int) -> LineageVariant | None:
@@ -293,11 +312,11 @@ class LineageStore:
 
     def list(self, name: str | None = None) -> builtins.list[LineageVariant]:
         """All variants, or all versions of NAME, ordered by name then version."""
-        query = select(Variant).order_by(Variant.name, Variant.version)
+        query = select(*Variant.__table__.columns).order_by(Variant.name, Variant.version)
         if name is not None:
             query = query.where(Variant.name == name)
         with self.session_scope() as session:
-            return [row.to_entity() for row in session.scalars(query)]
+            return _entities(session, query)
 
     def names(self) -> builtins.list[str]:
         with self.session_scope() as session:
@@ -311,32 +330,72 @@ class LineageStore:
             row_id = _require(session, name, version).id
             return _edges(session, Edge.child_id == row_id)
 
-    def children(self, name: str, version: int) -> builtins.list[LineageEdge]:
-        """Edges out of NAME/VERSION, oldest first."""
+    def parent_refs(self, variant_ids: Iterable[int] | None = None) -> dict[int, builtins.list[str]]:
+        """The parents' refs of each variant (by id), oldest edge first, in one query per batch.
+
+        ``None`` reads every variant's parents at once (what a listing of the whole store needs);
+        a variant without parents is absent from the result.
+        """
+        parent = aliased(Variant)
+        query = (
+            select(Edge.child_id, parent.name, parent.version)
+            .join(parent, parent.id == Edge.parent_id)
+            .order_by(Edge.child_id, Edge.id)
+        )
+        out: dict[int, builtins.list[str]] = {}
+        with self.session_scope() as session:
+            if variant_ids is None:
+                batches = [session.execute(query)]
+            else:
+                ids = builtins.list(dict.fromkeys(variant_ids))
+                # Batches stay under the bound-parameter limits of SQLite and the drivers.
+                batches = (session.execute(query.where(Edge.child_id.in_(ids[start:start + _ID_BATCH])))
+                           for start in range(0, len(ids), _ID_BATCH))
+            for batch in batches:
+                for child_id, name, version in batch:
+                    out.setdefault(child_id, []).append(f"{name}/{version}")
+        return out
+
+    def children(self, name: str, version: int, *, newest: int | None = None) -> builtins.list[LineageEdge]:
+        """Edges out of NAME/VERSION, oldest first; with ``newest=N`` only the N newest."""
         with self.session_scope() as session:
             row_id = _require(session, name, version).id
-            return _edges(session, Edge.parent_id == row_id)
+            if newest is None:
+                return _edges(session, Edge.parent_id == row_id)
+            last = select(Edge.id).where(Edge.parent_id == row_id).order_by(Edge.id.desc()).limit(newest)
+            return _edges(session, Edge.id.in_(last))
+
+    def child_count(self, name: str, version: int) -> int:
+        """How many edges go out of NAME/VERSION."""
+        with self.session_scope() as session:
+            row_id = _require(session, name, version).id
+            return session.scalar(select(func.count()).select_from(Edge).where(Edge.parent_id == row_id)) or 0
 
     def graph(
-        self, name: str, version: int, *, descendants: bool = True
+        self, name: str, version: int, *, descendants: bool = True, generations: int | None = None
     ) -> tuple[builtins.list[LineageVariant], builtins.list[LineageEdge]]:
         """NAME/VERSION with all its ancestors and descendants, and the edges among them.
 
         Siblings and co-parents are left out unless they are also ancestors or
-        descendants; ``descendants=False`` leaves the descendants out too. Both
-        lists are in insertion (id) order.
+        descendants; ``descendants=False`` leaves the descendants out too;
+        ``generations=N`` keeps those at most N edges away. Both lists are in
+        insertion (id) order.
         """
         with self.session_scope() as session:
             root_id = _require(session, name, version).id
-            family = {root_id}
-            family |= _reachable(session, root_id, upward=True)
+            # The family as a subquery rather than a list of ids: a family can be the whole store,
+            # more ids than SQLite takes as parameters.
+            walks = [select(literal(root_id).label("id")),
+                     select(_reachable(root_id, upward=True, generations=generations).c.id)]
             if descendants:
-                family |= _reachable(session, root_id, upward=False)
-            variants = session.scalars(
-                select(Variant).where(Variant.id.in_(family)).order_by(Variant.id)
-            )
-            nodes = [row.to_entity() for row in variants]
-            links = _edges(session, Edge.parent_id.in_(family), Edge.child_id.in_(family))
+                walks.append(select(_reachable(root_id, upward=False, generations=generations).c.id))
+            family = union(*walks)
+            nodes = _entities(session, select(*Variant.__table__.columns)
+                              .where(Variant.id.in_(family)).order_by(Variant.id))
+            # The edges into the family, less those from a parent outside it (a distillation's other parent):
+            # SQLite would walk the family again for every edge if both ends were tested in SQL.
+            inside = {node.ref for node in nodes}
+            links = [edge for edge in _edges(session, Edge.child_id.in_(family)) if edge.parent_ref in inside]
             return nodes, links
 
 
@@ -595,21 +654,44 @@ def _insert(
     return row.to_entity()
 
 
+def _entities(session: Session, query: Any) -> builtins.list[LineageVariant]:
+    """The variants a query of the table's columns selects, without building ORM objects.
+
+    A listing of thousands of variants spends most of its time building and copying ORM
+    rows; here each JSON column is decoded once, into dicts that no session holds, so the
+    entities need no defensive copies.
+    """
+    return [LineageVariant(**row._mapping) for row in session.connection().execute(query)]
+
+
 def _edges(session: Session, *where: Any) -> builtins.list[LineageEdge]:
+    """The edges `where` selects, oldest first, with their ends' refs, read as plain rows."""
+    parent, child = aliased(Variant), aliased(Variant)
     query = (
-        select(Edge)
+        select(parent.name, parent.version, child.name, child.version,
+               Edge.operation, Edge.role, Edge.settings, Edge.metric_deltas)
+        .join(parent, parent.id == Edge.parent_id)
+        .join(child, child.id == Edge.child_id)
         .where(*where)
-        .options(joinedload(Edge.parent), joinedload(Edge.child))
         .order_by(Edge.id)
     )
-    return [edge.to_entity() for edge in session.scalars(query)]
+    return [
+        LineageEdge(parent_ref=f"{parent_name}/{parent_version}", child_ref=f"{child_name}/{child_version}",
+                    operation=operation, role=role, settings=settings, metric_deltas=deltas)
+        for parent_name, parent_version, child_name, child_version, operation, role, settings, deltas
+        in session.connection().execute(query)
+    ]
 
 
-def _reachable(session: Session, start: int, *, upward: bool) -> set[int]:
-    """Ids of all ancestors (upward) or descendants of `start`, by recursive CTE."""
+def _reachable(start: int, *, upward: bool, generations: int | None = None) -> Any:
+    """A recursive CTE of the ids of the ancestors (upward) or descendants of `start`: all of
+    them, or those at most `generations` edges away."""
     near, far = (Edge.child_id, Edge.parent_id) if upward else (Edge.parent_id, Edge.child_id)
-    walk = select(far.label("id")).where(near == start).cte("walk", recursive=True)
+    name = "ancestors" if upward else "descendants"
     # UNION, not UNION ALL: it drops repeats, so diamonds stay cheap and even
     # a cycle (which add_variant cannot create) would terminate.
-    walk = walk.union(select(far).join(walk, near == walk.c.id))
-    return set(session.scalars(select(walk.c.id)))
+    if generations is None:
+        walk = select(far.label("id")).where(near == start).cte(name, recursive=True)
+        return walk.union(select(far).join(walk, near == walk.c.id))
+    walk = select(far.label("id"), literal(1).label("depth")).where(near == start).cte(name, recursive=True)
+    return walk.union(select(far, walk.c.depth + 1).join(walk, near == walk.c.id).where(walk.c.depth < generations))
