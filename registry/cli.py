@@ -15,11 +15,11 @@ import sys
 import click
 
 from registry.capability import CapabilityFailed
-from registry.errors import RegistryError, UsageError
+from registry.errors import RegistryError, UsageError, one_line
 from registry.rendering import console, human_size, lineage_tree, variant_table
 
 # Public for plugins that write commands of their own (`from registry.cli import common, emit, open_registry`).
-from registry.terminal import as_json, common, emit, open_registry
+from registry.terminal import as_json, common, emit, masked_output, open_registry
 
 __all__ = ["cli", "main", "common", "emit", "open_registry", "as_json"]
 
@@ -86,6 +86,12 @@ def _register_capability_commands() -> None:
 
 
 def main(argv=None) -> None:
+    # Whatever a command or a library prints, a URL's password or a token never reaches the terminal.
+    with masked_output():
+        _main(argv)
+
+
+def _main(argv) -> None:
     from backends import quiet  # before any plugin or command can import TensorFlow
 
     quiet.install()
@@ -119,7 +125,7 @@ def main(argv=None) -> None:
     except Exception as error:  # an unexpected failure: one line, exit 1, traceback on request
         if os.environ.get("GPT2REG_DEBUG"):
             raise
-        click.echo(f"error: {type(error).__name__}: {error} (set GPT2REG_DEBUG=1 for the traceback)", err=True)
+        click.echo(f"error: {one_line(error)} (set GPT2REG_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
     finally:
         _warn_about_failed_plugins()  # plugins disabled while the command ran (a lifecycle hook raised)
@@ -132,8 +138,11 @@ def main(argv=None) -> None:
 @common
 def init():
     """Create the registry home (MLflow store, artifact root, lineage database)."""
+    from registry.home import shown_url
+
     reg = open_registry().init()
-    emit({"home": str(reg.home.path), "tracking_uri": reg.home.tracking_uri, "lineage_url": reg.home.lineage_url},
+    emit({"home": str(reg.home.path), "tracking_uri": shown_url(reg.home.tracking_uri),
+          "lineage_url": shown_url(reg.home.lineage_url)},
          lambda: click.echo(f"registry ready at {reg.home.path}"))
 
 
@@ -152,18 +161,35 @@ def create(name, config_name, seed):
 @cli.command("import")
 @click.argument("name")
 @click.argument("source")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Register the weights even if they hold NaN or infinite values, tagged with a warning "
+                   "(by default they are refused).")
 @common
-def import_(name, source):
+def import_(name, source, allow_nonfinite):
     """Register SOURCE (KerasHub preset folder, HF checkpoint folder, preset name, hf://org/repo) as NAME."""
     from registry.references import check_import_source
 
     check_import_source(name, source)
-    variant = open_registry(progress=True).import_(name, source)
+    variant = open_registry(progress=True).import_(name, source, allow_nonfinite=allow_nonfinite)
     _emit_variant(variant)
 
 
 def _emit_variant(variant):
-    emit(variant.to_dict(), lambda: console().print(variant_table([variant])))
+    def human():
+        console().print(variant_table([variant]))
+        _print_warnings([variant])
+
+    emit(variant.to_dict(), human)
+
+
+def _print_warnings(variants) -> None:
+    """A line for each variant registered despite a problem (weights that are not finite), so no table hides it."""
+    from rich.text import Text
+
+    for variant in variants:
+        if variant.tags.get("warning"):
+            console().print(Text.assemble(("warning: ", "bold yellow"), f"{variant.ref}: {variant.tags['warning']}"),
+                            soft_wrap=True)  # one line, whole, for a reader's grep as much as the eye
 
 
 @cli.command("list")
@@ -179,18 +205,27 @@ def list_(name, best_metric, max_size_mb, max_parameters):
     if best_metric is None and (max_size_mb is not None or max_parameters is not None):
         raise UsageError("--max-size-mb and --max-parameters go with --best METRIC (e.g. --best perplexity)")
     if best_metric is not None:
-        if reg.search(best_metric, name=name) is None:  # a metric nobody holds: most likely a typo
-            held = sorted({m for v in reg.list(name) for m in v.metrics})
+        from registry.sdk import best_of
+
+        listed = reg.list(name)  # once: what Registry.search reads, for both questions
+        if best_of(listed, best_metric) is None:  # a metric nobody holds: most likely a typo
+            held = sorted({m for v in listed for m in v.metrics})
             raise UsageError(f"no variant has a metric {best_metric!r}; recorded metrics: {', '.join(held) or 'none'}")
-        best = reg.search(best_metric, max_size_mb=max_size_mb, max_parameters=max_parameters, name=name)
+        best = best_of(listed, best_metric, max_size_mb=max_size_mb, max_parameters=max_parameters)
         variants = [best] if best is not None else []
         if best is None and not as_json():
             click.echo(f"no variant with {best_metric} is within the limits given")
             return
     else:
         variants = reg.list(name)
-    emit({"variants": [v.to_dict() for v in variants]},
-         lambda: console().print(variant_table(variants)) if variants else click.echo("no variants yet"))
+    def human():
+        if not variants:
+            click.echo("no variants yet")
+            return
+        console().print(variant_table(variants))
+        _print_warnings(variants)
+
+    emit({"variants": [v.to_dict() for v in variants]}, human)
 
 
 @cli.command()
@@ -198,10 +233,14 @@ def list_(name, best_metric, max_size_mb, max_parameters):
 @common
 def show(ref):
     """Show one variant: REF is NAME, NAME/VERSION or NAME@ALIAS."""
+    from registry import model_aliases
+
     reg = open_registry()
     variant = reg.get(ref)
     document = variant.to_dict()
-    document["aliases"] = reg.aliases(variant)
+    # Read from a local MLflow file without importing MLflow where it can be (2 s of a 2.5 s command).
+    aliases = model_aliases.aliases(reg.home, variant.name, variant.version)
+    document["aliases"] = aliases if aliases is not None else reg.aliases(variant)
     document["preset_path"] = str(reg.preset_path(variant)) if reg.home.is_local else None
 
     def human():
@@ -210,6 +249,7 @@ def show(ref):
         out.print(f"aliases: {', '.join(document['aliases']) or '-'}")
         out.print(f"MLflow: {variant.uri} (run {variant.run_id})")
         out.print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(variant.metrics.items())))
+        _print_warnings([variant])
 
     emit(document, human)
 
@@ -351,19 +391,42 @@ def ui(host, port, workers):
 
 
 @cli.command()
-@click.option("--repair", is_flag=True, help="Remove half-made variants and leftovers.")
+@click.option("--repair", is_flag=True, help="Remove half-made variants and leftovers (relocates a moved home first).")
+@click.option("--relocate", is_flag=True,
+              help="Point the stores' recorded locations at this home's folder (a moved or copied home).")
 @common
-def doctor(repair):
+def doctor(repair, relocate):
     """Check that MLflow, the lineage store and the artifacts agree."""
     from registry.doctor import run_doctor
+    from registry.relocation import moved_home_problem, relocatable
+    from registry.relocation import relocate as relocate_home
 
-    report = run_doctor(open_registry(), repair=repair)
+    reg = open_registry()
+    moved = moved_home_problem(reg.home)
+    if moved is not None and not (relocate or repair):
+        # Checked before the stores open (opening relocates): every other check would read the old place.
+        emit({"home": str(reg.home.path), "variants_checked": 0, "problems": [moved], "running": [],
+              "repaired": False, "relocated": None},
+             lambda: click.echo(f"- {moved['kind']}: {moved['detail']}"))
+        sys.exit(1)
+    relocated = relocate_home(reg.home) if relocate or repair else None
+    report = {**run_doctor(reg, repair=repair), "relocated": relocated}
 
     def human():
+        if relocated is not None:
+            counts = ", ".join(f"{rows} {where}" for where, rows in relocated["rewritten"].items() if rows)
+            click.echo(f"relocated: the stored locations under {relocated['from']} now name {relocated['to']} "
+                       f"({counts or 'no rows'})")
+        elif relocate and not relocatable(reg.home):
+            click.echo("nothing to relocate: only a home whose stores are its own SQLite files follows its folder")
+        elif relocate:
+            click.echo("nothing to relocate: the stores name this home's own artifact store")
         if not report["problems"]:
             click.echo(f"all {report['variants_checked']} variants are complete and consistent")
         for problem in report["problems"]:
             click.echo(f"- {problem['kind']}: {problem['detail']}" + ("  [repaired]" if problem.get("repaired") else ""))
+        for work in report.get("running", []):  # live work: never a problem, never repaired
+            click.echo(f"- running ({work['what']}): {work['detail']}  [left alone: in progress]")
 
     emit(report, human)
     if report["problems"] and not repair:

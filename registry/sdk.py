@@ -20,16 +20,33 @@ from typing import TYPE_CHECKING, Any
 
 from registry import references
 from registry.capability import CapabilityResult, sample_generations
-from registry.errors import NotFoundError, UsageError
+from registry.errors import NotFoundError, UsageError, masked
 from registry.home import Home
 from registry.pipeline import Pipeline
-from registry.variant import Variant, read_variant
+from registry.variant import Variant, read_variant, variant_from_row
 
 if TYPE_CHECKING:
     from registry.lineage import LineageVariant
     from registry.recorder import Recorder
 
 KERAS_LOADABLE_EXPORTS = ("keras", "hf")  # export formats that are also KerasHub-loadable checkpoints
+
+
+def best_of(variants: list[Variant], metric: str = "perplexity", *, max_size_mb: float | None = None,
+            max_parameters: int | None = None, higher_is_better: bool | None = None) -> Variant | None:
+    """What `Registry.search` chooses among `variants` (already listed: a store of thousands is read once)."""
+    from registry.comparison import higher_is_better as higher_by_default
+
+    higher = higher_by_default(metric) if higher_is_better is None else higher_is_better
+    candidates = [
+        v for v in variants
+        if isinstance(v.metrics.get(metric), (int, float))
+        and (max_size_mb is None or v.size_bytes <= max_size_mb * 1e6)
+        and (max_parameters is None or v.parameters <= max_parameters)
+    ]
+    if not candidates:
+        return None
+    return (max if higher else min)(candidates, key=lambda v: v.metrics[metric])
 
 
 class Registry:
@@ -48,17 +65,28 @@ class Registry:
     def lineage_store(self):
         if self._lineage is None:
             from registry.lineage import LineageStore
+            from registry.relocation import follow_move
 
             self._require_home(self.home.lineage_url.startswith("sqlite:"))
-            self._lineage = LineageStore(self.home.lineage_url)
+            store = LineageStore(self.home.lineage_url)
+            try:
+                follow_move(self.home, store)  # a moved or copied home: its stored locations follow it
+            except BaseException:
+                store.close()
+                raise
+            self._lineage = store
         return self._lineage
 
     @property
     def tracker(self):
         if self._tracker is None:
+            from registry.relocation import follow_move
             from registry.tracking import Tracker
 
             self._require_home(self.home.is_local)
+            # A moved or copied home: its stored locations follow it (a lineage store already
+            # open has done it).
+            follow_move(self.home, self._lineage)
             self._tracker = Tracker(self.home)
         return self._tracker
 
@@ -93,7 +121,11 @@ class Registry:
         if not self.home.exists():
             raise NotFoundError(f"no variant {reference}: the registry at {self.home.path} is empty; see `gpt2reg list`")
         if ref.alias is not None:
-            version = self.tracker.resolve_alias(ref.name, ref.alias)
+            from registry import model_aliases
+
+            version = model_aliases.version(self.home, ref.name, ref.alias)
+            if version is None:  # not in a local MLflow file, or not there: MLflow's client answers (or says why not)
+                version = self.tracker.resolve_alias(ref.name, ref.alias)
             row = self.lineage_store.get(ref.name, version)
         elif ref.version is not None:
             row = self.lineage_store.get(ref.name, ref.version)
@@ -106,7 +138,11 @@ class Registry:
     def list(self, name: str | None = None) -> list[Variant]:
         if not self.home.exists():
             return []
-        return [self._variant(row) for row in self.lineage_store.list(name)]
+        store = self.lineage_store
+        rows = store.list(name)
+        # Every variant's parents in one query, not one per variant (a store holds thousands).
+        parents = store.parent_refs(None if name is None else [row.id for row in rows])
+        return [variant_from_row(row, parents.get(row.id, ()), loader=self.load) for row in rows]
 
     def aliases(self, variant: "str | Variant") -> list[str]:
         variant = self.get(variant)
@@ -211,18 +247,8 @@ class Registry:
         >>> reg.search("perplexity", max_size_mb=50).ref
         'quickstart-int8/1'
         """
-        from registry.comparison import higher_is_better as higher_by_default
-
-        higher = higher_by_default(metric) if higher_is_better is None else higher_is_better
-        candidates = [
-            v for v in self.list(name)
-            if isinstance(v.metrics.get(metric), (int, float))
-            and (max_size_mb is None or v.size_bytes <= max_size_mb * 1e6)
-            and (max_parameters is None or v.parameters <= max_parameters)
-        ]
-        if not candidates:
-            return None
-        return (max if higher else min)(candidates, key=lambda v: v.metrics[metric])
+        return best_of(self.list(name), metric, max_size_mb=max_size_mb, max_parameters=max_parameters,
+                       higher_is_better=higher_is_better)
 
     def compare(self, variants: list, *, log: bool = True, chart: str | Path | None = None) -> dict:
         """Variants side by side; the table and its chart are logged to MLflow as a comparison run."""
@@ -278,12 +304,12 @@ class Registry:
         return self._pipeline().staging()
 
     def _record(self, *, name: str, operation: str, parents: list, result: CapabilityResult, staging: Path,
-                kind: str = "full") -> Variant:
+                kind: str = "full", allow_nonfinite: bool = False) -> Variant:
         return self._pipeline().record(name=name, operation=operation, parents=parents, result=result,
-                                       staging=staging, kind=kind)
+                                       staging=staging, kind=kind, allow_nonfinite=allow_nonfinite)
 
-    def create(self, name: str, *, config: str = "tiny", seed: int = 0) -> Variant:
-        """A new randomly initialised GPT-2 of a named configuration."""
+    def create(self, name: str, *, config: str = "tiny", seed: int = 0, allow_nonfinite: bool = False) -> Variant:
+        """A new randomly initialised GPT-2 of a named configuration (`allow_nonfinite`: as for `import_`)."""
         from backends.configs import get_config
 
         references.check_name(name)
@@ -302,26 +328,42 @@ class Registry:
                 settings={"config": config, "seed": seed},
                 tables=sample_generations(lm),
             )
-            return self._record(name=name, operation="create", parents=[], result=result, staging=staging)
+            return self._record(name=name, operation="create", parents=[], result=result, staging=staging,
+                                allow_nonfinite=allow_nonfinite)
 
-    def import_(self, name: str, source: str) -> Variant:
-        """Import a KerasHub preset folder, a Hugging Face GPT-2 folder, a preset name or hf://org/repo."""
+    def import_(self, name: str, source: str, *, allow_nonfinite: bool = False) -> Variant:
+        """Import a KerasHub preset folder, a Hugging Face GPT-2 folder, a preset name or hf://org/repo.
+
+        Weights holding NaN or infinite values are refused, or with `allow_nonfinite` registered with a
+        ``warning`` tag.
+        """
+        from backends import model_files
+        from registry.pipeline import check_finite_weights
+
         references.check_import_source(name, source)
+        if Path(source).expanduser().exists():
+            # Before TensorFlow loads: a folder whose config claims more than its weights hold is refused
+            # from the files' headers, in milliseconds, rather than after Keras allocates what it claims.
+            model_files.check_import_source(Path(source).expanduser())
         from backends import keras_gpt2  # validates the checkpoint itself before the home is touched
 
         with tempfile.TemporaryDirectory(prefix="gpt2reg-import-") as scratch:
             preset = Path(scratch) / "preset"
-            description = keras_gpt2.import_model(source, preset)
+            # Recorded (params, manifest) without the password or token a source URL may carry.
+            description = {**keras_gpt2.import_model(source, preset), "source": masked(source)}
             self.init()
             parents, provenance = self._provenance(source)
             with self._staging() as staging:
                 shutil.move(str(preset), staging / "preset")
-                result = CapabilityResult(preset_dir=staging / "preset", settings={**description, **provenance},
-                                          tables=sample_generations(keras_gpt2.load(staging / "preset")))
-                return self._record(name=name, operation="import", parents=parents, result=result, staging=staging)
+                result = CapabilityResult(preset_dir=staging / "preset", settings={**description, **provenance})
+                check_finite_weights(result, allow_nonfinite)  # before the sample generations, which NaN would spoil
+                result.tables = sample_generations(keras_gpt2.load(staging / "preset"))
+                return self._record(name=name, operation="import", parents=parents, result=result, staging=staging,
+                                    allow_nonfinite=allow_nonfinite)
 
     def run(self, capability: str, variant: "str | Variant | None" = None, *, name: str | None = None,
-            device: str = "auto", options: Any = None, **values) -> "Variant | CapabilityResult":
+            device: str = "auto", options: Any = None, allow_nonfinite: bool = False,
+            **values) -> "Variant | CapabilityResult":
         """Run any capability; a capability that makes a variant returns the new `Variant`.
 
         Its options are keywords named as the capability declares them (`--max-new-tokens` is
@@ -332,11 +374,14 @@ class Registry:
         `UsageError` is recorded as a FAILED MLflow run (the error as a tag) and nothing is
         registered. A plugin whose `before_run`, `after_run` or `on_run_error` raises is
         disabled (see `registry.plugins`); the run goes on without it.
+
+        A new variant whose weights hold NaN or infinite values is refused (`UsageError`), or with
+        `allow_nonfinite` registered with a ``warning`` tag.
         """
         if options is not None and values:
             raise UsageError(f"give {capability}'s options as keywords or as options=, not both")
         return self._pipeline().run(capability, variant, name=name, device=device,
-                                    options=values if options is None else options)
+                                    options=values if options is None else options, allow_nonfinite=allow_nonfinite)
 
     def _provenance(self, source: str) -> tuple[list, dict]:
         """Where an imported folder came from, when a registry wrote it (an export's manifest).
