@@ -24,7 +24,8 @@ FIXTURE = REPO.parent / "shared" / "fixtures" / "hf-gpt2-tiny"
 # starting the quickstart when everything else is done.
 LONGEST_FIRST = ("test_quickstart.py", "test_concurrency.py", "test_distill.py", "test_quantize.py",
                  "test_serving.py", "test_export.py", "test_ui_browser.py", "test_team_stores.py",
-                 "test_prune_plugin.py", "test_crashes.py")
+                 "test_prune_plugin.py", "test_crashes.py", "test_doctor_live.py", "test_hub_sources.py",
+                 "test_moved_home.py", "test_secrets.py", "test_real_crashes.py")
 
 
 def pytest_collection_modifyitems(items):
