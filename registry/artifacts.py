@@ -67,7 +67,11 @@ def fsync_tree(folder: str | os.PathLike) -> None:
             os.close(fd)
 
 
-def stage_delivery(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+DELIVERY_NOTE = "delivery-partial"  # in a run's staging folder: where its copy for --out is being made
+
+
+def stage_delivery(source: str | os.PathLike, destination: str | os.PathLike, *,
+                   staging: str | os.PathLike | None = None) -> Path:
     """Copy `source` beside `destination` under a hidden partial name, flushed to disk.
 
     `publish_delivery` then gives it the final name in one rename, so the
@@ -88,6 +92,10 @@ def stage_delivery(source: str | os.PathLike, destination: str | os.PathLike) ->
         raise UsageError(f"cannot make the folder {destination.parent}: {error.strerror or error}; "
                          "choose a folder you can write to") from None
     partial = destination.parent / f".{_short(destination.name)}.partial-{uuid.uuid4().hex[:8]}"
+    if staging is not None:
+        # Noted before the copy starts: a process killed from here on leaves the copy outside the
+        # home, and `gpt2reg doctor --repair` finds it through the staging folder it leaves too.
+        (Path(staging) / DELIVERY_NOTE).write_text(str(partial.resolve()), encoding="utf-8")
     try:
         shutil.copytree(source, partial)
         fsync_tree(partial)

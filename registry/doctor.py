@@ -131,8 +131,10 @@ def run_doctor(reg, *, repair: bool = False) -> dict:
                    still_debris=lambda model=model: not any(v.name == model.name for v in tracker.versions()))
     if home.staging.exists():
         for leftover in sorted(home.staging.iterdir()):
-            report("staging-leftover", f"unfinished work folder {leftover}",
-                   lambda leftover=leftover: shutil.rmtree(leftover, ignore_errors=True),
+            partial = _partial_delivery(leftover)
+            report("staging-leftover", f"unfinished work folder {leftover}"
+                   + (f", and the partial copy for --out it was making, {partial}" if partial else ""),
+                   lambda leftover=leftover: _remove_work_folder(leftover),
                    live=lambda leftover=leftover: leases.folder_is_live(home, leftover.name),
                    still_debris=leftover.exists)
     cache = home.path / "cache"
@@ -159,6 +161,31 @@ def run_doctor(reg, *, repair: bool = False) -> dict:
             leases.remove_dead_lease(lease_file)
     return {"home": str(home.path), "variants_checked": len(rows), "problems": problems, "running": running,
             "repaired": repair}
+
+
+# `artifacts.stage_delivery`'s hidden copy beside an --out folder.
+PARTIAL_DELIVERY = re.compile(r"\..+\.partial-[0-9a-f]{8}")
+
+
+def _partial_delivery(folder: Path) -> Path | None:
+    """The copy for --out that a dead run's staging folder says it was making outside the home."""
+    try:
+        named = Path((folder / artifacts.DELIVERY_NOTE).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+    # Only a hidden partial copy as stage_delivery names them: the note is a file in the home, not a
+    # licence to delete whatever it names.
+    if PARTIAL_DELIVERY.fullmatch(named.name) and named.is_dir() and not named.is_symlink():
+        return named
+    return None
+
+
+def _remove_work_folder(folder: Path) -> None:
+    """A dead run's staging folder, and first the partial copy for --out it names (it is outside the home)."""
+    partial = _partial_delivery(folder)
+    if partial is not None:
+        shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _lease_note(tags: dict | None) -> str:

@@ -240,7 +240,8 @@ def record_and_deliver(recorder: Recorder, *, name: str, operation: str, parents
                        result: CapabilityResult, staging: Path, kind: str, allow_nonfinite: bool = False) -> Variant:
     """Record the result, once its weights are checked; copy it to `result.deliver_to` too, both or neither."""
     check_finite_weights(result, allow_nonfinite)
-    partial = artifacts.stage_delivery(result.preset_dir, result.deliver_to) if result.deliver_to else None
+    partial = (artifacts.stage_delivery(result.preset_dir, result.deliver_to, staging=staging)
+               if result.deliver_to else None)
     try:
         new = recorder.record(name=name, operation=operation, parents=parents, result=result,
                               staging=staging, kind=kind)

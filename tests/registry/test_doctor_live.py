@@ -336,3 +336,36 @@ def test_a_heartbeat_period_that_is_not_a_number_is_one_clear_error(tmp_path, gp
     assert result.stderr.count("\n") == 1
     assert "GPT2REG_HEARTBEAT_SECONDS='soon' is not a number of seconds" in result.stderr
     assert "unset it" in result.stderr
+
+
+def test_a_dead_run_s_partial_copy_for_out_is_removed_with_its_work_folder(tmp_path, gpt2reg):
+    """An export killed while it copied its files for --out (beside --out, outside the home)."""
+    import uuid
+
+    from registry import artifacts
+
+    home = tmp_path / "home"
+    store_only_plugin.seed_home(home)
+    source = tmp_path / "preset"
+    source.mkdir()
+    (source / "model.weights.h5").write_bytes(b"weights" * 1000)
+    # What the killed process left: its work folder (named after a lease no process holds any more)
+    # and the partial copy that folder notes, as `record_and_deliver` makes it before recording.
+    work = home / ".staging" / f"{uuid.uuid4().hex}-killed"
+    work.mkdir(parents=True)
+    out = tmp_path / "exports" / "gpt2-onnx"
+    partial = artifacts.stage_delivery(source, out, staging=work)
+    # A note naming anything but such a copy deletes nothing.
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    other = home / ".staging" / f"{uuid.uuid4().hex}-tampered"
+    other.mkdir()
+    (other / artifacts.DELIVERY_NOTE).write_text(str(keep))
+
+    report = _doctor(gpt2reg, "--home", home)
+    [found] = [p for p in report["problems"] if str(work) in p["detail"]]
+    assert str(partial) in found["detail"]
+    _doctor(gpt2reg, "--repair", "--home", home)
+    assert not partial.exists() and not work.exists() and not other.exists()
+    assert keep.is_dir() and not out.exists()
+    assert _doctor(gpt2reg, "--home", home)["problems"] == []
