@@ -341,10 +341,15 @@ class Registry:
         from registry.pipeline import check_finite_weights
 
         references.check_import_source(name, source)
-        if Path(source).expanduser().exists():
+        local = Path(source).expanduser()
+        if local.exists():
             # Before TensorFlow loads: a folder whose config claims more than its weights hold is refused
             # from the files' headers, in milliseconds, rather than after Keras allocates what it claims.
-            model_files.check_import_source(Path(source).expanduser())
+            model_files.check_import_source(local)
+            if local.is_dir() and not allow_nonfinite:
+                # The source's own weights scanned too, so that a NaN is refused in a second, not after
+                # TensorFlow loads; the converted preset is scanned again below (and by the recorder).
+                check_finite_weights(CapabilityResult(preset_dir=local), allow_nonfinite=False)
         from backends import keras_gpt2  # validates the checkpoint itself before the home is touched
 
         with tempfile.TemporaryDirectory(prefix="gpt2reg-import-") as scratch:
