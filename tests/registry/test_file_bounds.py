@@ -24,13 +24,17 @@ from tests.conftest import store_snapshot
 PEAK_MEMORY_BOUND_KB = 1_500_000
 
 # Reports the process's peak memory when it exits: on PYTHONPATH, Python imports it at start-up.
+# The process's own peak (VmHWM), not getrusage's ru_maxrss: Linux carries a parent's peak across
+# exec into ru_maxrss, so a child started from a large test worker would report the worker's.
 PEAK_REPORTER = """
-import atexit, os, resource
+import atexit, os
 
 def _report(path=os.environ.get("GPT2REG_TEST_PEAK_FILE")):
     if path:
+        with open("/proc/self/status") as status:
+            peak_kb = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
         with open(path, "w") as out:
-            out.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+            out.write(peak_kb)
 
 atexit.register(_report)
 """

@@ -98,6 +98,19 @@ def _assert_no_output_holds_the_secret(run_with_secrets) -> None:
     assert not leaked, leaked
 
 
+@pytest.fixture
+def mlflow_server(postgres_server, tmp_path_factory):
+    """A tracking server of this test's own: on the session's shared one, other tests' homes have
+    registered variants that this home's lineage store does not hold, which its doctor would report."""
+    from tests.conftest import MlflowServer
+
+    server = MlflowServer(postgres_server, tmp_path_factory.mktemp("secrets-server"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def test_a_team_member_s_credentials_appear_nowhere(run_with_secrets, mlflow_server, postgres_server,
                                                     fixture_dir, tmp_path):
     host = mlflow_server.url.split("://", 1)[1]
