@@ -181,7 +181,15 @@ def test_a_copy_of_a_deleted_home_serves_and_registers_from_its_own_place(built,
     # The runtime graphs kept in the home read weight files beside them: the copy's own, reused as they are.
     assert kept_graphs and sorted(path.name for path in (copied / "runtimes").iterdir()) == kept_graphs
 
+    # The copy's store, for this test only: a URI an earlier test of this process set with
+    # mlflow.set_tracking_uri or set_registry_uri (MLflow keeps both, and their variables) would win.
+    import mlflow.tracking._model_registry.utils as registry_uri
+    import mlflow.tracking._tracking_service.utils as tracking_uri
+
+    monkeypatch.setattr(tracking_uri, "_tracking_uri", None)
+    monkeypatch.setattr(registry_uri, "_registry_uri", None)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{copied / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{copied / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/merged/1")
     assert model.predict([PROMPT], params={"max_new_tokens": NEW_TOKENS}) == [built["outputs"]["merged/1"]["text"]]
 
