@@ -39,6 +39,16 @@ def fixture_dir() -> Path:
     return FIXTURE
 
 
+@pytest.fixture
+def hf_folder(fixture_dir, tmp_path) -> Path:
+    """A writable copy of the Hugging Face fixture."""
+    folder = tmp_path / "hf"
+    shutil.copytree(fixture_dir, folder)
+    for file in folder.iterdir():
+        file.chmod(0o644)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def reference(fixture_dir) -> dict:
     return json.loads((fixture_dir / "reference.json").read_text())

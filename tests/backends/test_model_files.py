@@ -86,16 +86,6 @@ def preset(registered_preset, tmp_path) -> Path:
 
 
 @pytest.fixture
-def hf_folder(fixture_dir, tmp_path) -> Path:
-    """A writable copy of the Hugging Face fixture."""
-    folder = tmp_path / "hf"
-    shutil.copytree(fixture_dir, folder)
-    for file in folder.iterdir():
-        file.chmod(0o644)
-    return folder
-
-
-@pytest.fixture
 def marker(tmp_path) -> Path:
     return tmp_path / "code-ran"
 

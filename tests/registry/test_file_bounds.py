@@ -41,16 +41,6 @@ atexit.register(_report)
 
 
 @pytest.fixture
-def hf_folder(fixture_dir, tmp_path) -> Path:
-    """A writable copy of the Hugging Face fixture."""
-    folder = tmp_path / "hf"
-    shutil.copytree(fixture_dir, folder)
-    for file in folder.iterdir():
-        file.chmod(0o644)
-    return folder
-
-
-@pytest.fixture
 def keras_preset(imported_home, tmp_path) -> Path:
     """A writable copy of a registered KerasHub preset (the fixture imported)."""
     from registry import Registry

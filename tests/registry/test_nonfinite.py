@@ -35,15 +35,13 @@ def home(tmp_path_factory, fixture_dir) -> Path:
 
 
 @pytest.fixture
-def nan_checkpoint(fixture_dir, tmp_path) -> Path:
+def nan_checkpoint(hf_folder) -> Path:
     """The Hugging Face fixture with its first attention kernel's first value set to NaN.
 
     In KerasHub's layout that value is layer 0's query kernel at [0, 0, 0].
     """
-    folder = tmp_path / "nan-checkpoint"
-    shutil.copytree(fixture_dir, folder)
+    folder = hf_folder
     weights = folder / "model.safetensors"
-    weights.chmod(0o644)
     with weights.open("r+b") as file:
         (length,) = struct.unpack("<Q", file.read(8))
         header = json.loads(file.read(length))
