@@ -84,9 +84,8 @@ class Registry:
             from registry.tracking import Tracker
 
             self._require_home(self.home.is_local)
-            # A moved or copied home: its stored locations follow it (a lineage store already
-            # open has done it).
-            follow_move(self.home, self._lineage)
+            if self._lineage is None:  # an open lineage store has relocated both stores already
+                follow_move(self.home)  # a moved or copied home: its stored locations follow it
             self._tracker = Tracker(self.home)
         return self._tracker
 
