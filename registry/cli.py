@@ -9,6 +9,7 @@ need them, so `gpt2reg --help` starts fast.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -16,7 +17,7 @@ import click
 
 from registry.capability import CapabilityFailed
 from registry.errors import RegistryError, UsageError, one_line
-from registry.rendering import console, human_size, lineage_tree, variant_table
+from registry.rendering import console, human_size, lineage_tree, print_variant_table, variant_table
 
 # Public for plugins that write commands of their own (`from registry.cli import common, emit, open_registry`).
 from registry.terminal import as_json, common, emit, masked_output, open_registry
@@ -91,13 +92,39 @@ def main(argv=None) -> None:
         _main(argv)
 
 
+# Commands that only read the store. No hook takes part in them, and loading the plugins (importing
+# importlib.metadata and every plugin's module) would be half of their start-up: they do without.
+STORE_READS = frozenset({"list", "show", "lineage"})
+_GROUP_OPTIONS_WITH_VALUES = ("--home", "--tracking-uri", "--lineage-url")
+
+
+def _command_name(argv) -> str | None:
+    """The command `argv` runs, read past the group's own options; None when that is unclear."""
+    args = iter(sys.argv[1:] if argv is None else argv)
+    for arg in args:
+        if arg in _GROUP_OPTIONS_WITH_VALUES:
+            next(args, None)
+        elif arg in ("--json", "--verbose") or arg.split("=", 1)[0] in _GROUP_OPTIONS_WITH_VALUES:
+            continue
+        else:
+            return None if arg.startswith("-") else arg
+    return None
+
+
 def _main(argv) -> None:
     from backends import quiet  # before any plugin or command can import TensorFlow
 
     quiet.install()
-    _register_capability_commands()
-    _register_plugin_commands()
-    _warn_about_failed_plugins()
+    with_plugins = _command_name(argv) not in STORE_READS
+    if with_plugins:
+        _register_capability_commands()
+        _register_plugin_commands()
+        _warn_about_failed_plugins()
+    collecting = gc.isenabled()
+    if not with_plugins:
+        # A read of a big store makes tens of thousands of small objects and no cycles among them: the
+        # cycle collector's passes over them were a tenth of `list --json` of 10,000 variants.
+        gc.disable()
     try:
         cli.main(args=argv, prog_name="gpt2reg", standalone_mode=False)
     except click.exceptions.Exit as done:
@@ -128,7 +155,10 @@ def _main(argv) -> None:
         click.echo(f"error: {one_line(error)} (set GPT2REG_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
     finally:
-        _warn_about_failed_plugins()  # plugins disabled while the command ran (a lifecycle hook raised)
+        if collecting:
+            gc.enable()
+        if with_plugins:
+            _warn_about_failed_plugins()  # plugins disabled while the command ran (a lifecycle hook raised)
 
 
 # ---------------------------------------------------------------- store commands
@@ -222,10 +252,10 @@ def list_(name, best_metric, max_size_mb, max_parameters):
         if not variants:
             click.echo("no variants yet")
             return
-        console().print(variant_table(variants))
+        print_variant_table(variants)
         _print_warnings(variants)
 
-    emit({"variants": [v.to_dict() for v in variants]}, human)
+    emit(lambda: {"variants": [v.to_dict() for v in variants]}, human)
 
 
 @cli.command()
@@ -260,7 +290,7 @@ def show(ref):
 def lineage(ref):
     """Print the family tree of REF: ancestors and descendants with their metrics."""
     graph = open_registry().lineage_graph(ref)
-    emit(graph.to_dict(), lambda: console().print(lineage_tree(graph)))
+    emit(graph.to_dict, lambda: console().print(lineage_tree(graph)))
 
 
 @cli.command()

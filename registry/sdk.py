@@ -57,6 +57,7 @@ class Registry:
         self.home = Home.resolve(home, tracking_uri=tracking_uri, lineage_url=lineage_url)
         self.progress = progress
         self._lineage = None
+        self._reader = None
         self._tracker = None
 
     # ------------------------------------------------------------ stores
@@ -76,6 +77,22 @@ class Registry:
                 raise
             self._lineage = store
         return self._lineage
+
+    @property
+    def _reads(self):
+        """Where reads go: the open lineage store, else a local SQLite store read with the standard
+        library (`registry.lineage.reads`: no SQLAlchemy to import), else the store opened now."""
+        if self._lineage is not None:
+            return self._lineage
+        if self._reader is None:
+            from registry.lineage.reads import local_reader
+            from registry.relocation import moved_from
+
+            # A moved home, or a store to migrate, is opened as a store: that relocates or migrates it.
+            reader = local_reader(self.home.lineage_url)
+            if reader is not None and moved_from(self.home) is None:
+                self._reader = reader
+        return self._reader if self._reader is not None else self.lineage_store
 
     @property
     def tracker(self):
@@ -110,7 +127,7 @@ class Registry:
     # ------------------------------------------------------------ reading
 
     def _variant(self, row: LineageVariant) -> Variant:
-        return read_variant(self.lineage_store, row, loader=self.load)
+        return read_variant(self._reads, row, loader=self.load)
 
     def get(self, reference: "str | Variant") -> Variant:
         """Resolve `NAME`, `NAME/VERSION` or `NAME@ALIAS`."""
@@ -125,11 +142,11 @@ class Registry:
             version = model_aliases.version(self.home, ref.name, ref.alias)
             if version is None:  # not in a local MLflow file, or not there: MLflow's client answers (or says why not)
                 version = self.tracker.resolve_alias(ref.name, ref.alias)
-            row = self.lineage_store.get(ref.name, version)
+            row = self._reads.get(ref.name, version)
         elif ref.version is not None:
-            row = self.lineage_store.get(ref.name, ref.version)
+            row = self._reads.get(ref.name, ref.version)
         else:
-            row = self.lineage_store.latest(ref.name)
+            row = self._reads.latest(ref.name)
         if row is None:
             raise NotFoundError(f"no variant {reference} in {self.home.path}; see `gpt2reg list`")
         return self._variant(row)
@@ -137,7 +154,7 @@ class Registry:
     def list(self, name: str | None = None) -> list[Variant]:
         if not self.home.exists():
             return []
-        store = self.lineage_store
+        store = self._reads
         rows = store.list(name)
         # Every variant's parents in one query, not one per variant (a store holds thousands).
         parents = store.parent_refs(None if name is None else [row.id for row in rows])
@@ -233,7 +250,7 @@ class Registry:
         """The same family as a typed `registry.lineage_graph.LineageGraph`, as the renderers read it."""
         from registry.lineage_graph import read_lineage
 
-        return read_lineage(self.lineage_store, self.get(variant), descendants=descendants)
+        return read_lineage(self._reads, self.get(variant), descendants=descendants)
 
     def search(self, metric: str = "perplexity", *, max_size_mb: float | None = None,
                max_parameters: int | None = None, higher_is_better: bool | None = None,

@@ -99,12 +99,43 @@ def masked_output() -> Iterator[None]:
 
 
 def emit(document, human=None) -> None:
-    if as_json():
-        click.echo(json.dumps(document, indent=2, default=str))
-    elif human is not None:
-        human()
+    """Print `document` as JSON under --json (or when there is no `human`), else call `human()`.
+
+    `document` may be a function that makes it, called only under --json: a listing of thousands of
+    variants should not build a document that the table then ignores.
+    """
+    if as_json() or human is None:
+        click.echo(json_text(document() if callable(document) else document))
     else:
-        click.echo(json.dumps(document, indent=2, default=str))
+        human()
+
+
+# Each record of a long list on one line: Python's C encoder writes those (json.dumps with indent
+# falls back to the pure-Python one, 0.3 s for 10,000 variants against 0.06 s), and a record stays
+# whole for grep. The envelope and everything else is indented as json.dumps(indent=2) does.
+_ONE_LINE = json.JSONEncoder(separators=(", ", ": "), default=str)
+
+
+def json_text(document) -> str:
+    """`document` as indented JSON, with each object of a top-level list of objects on a line of its own:
+
+        {
+          "variants": [
+            {"ref": "base/1", "name": "base", ...},
+            {"ref": "base/2", "name": "base", ...}
+          ]
+        }
+    """
+    if not isinstance(document, dict):
+        return json.dumps(document, indent=2, default=str)
+    parts = []
+    for key, value in document.items():
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            shown = "[\n    " + ",\n    ".join(map(_ONE_LINE.encode, value)) + "\n  ]"
+        else:  # JSON escapes a newline inside a string, so every newline here is the layout's
+            shown = json.dumps(value, indent=2, default=str).replace("\n", "\n  ")
+        parts.append(f"  {json.dumps(str(key))}: {shown}")
+    return "{\n" + ",\n".join(parts) + "\n}" if parts else "{}"
 
 
 # ---------------------------------------------------------------- checks before the heavy imports
