@@ -213,7 +213,7 @@ def test_evaluate_refuses_onnx_where_it_cannot_score(gpt2reg, family, text_file)
 
 
 # Every command here runs without TensorFlow, Keras or KerasHub: the read-only ones, and generate
-# on a float32 or int8 variant or an adapter over one (README, "Where it decodes").
+# on a float32 or int8 variant or an adapter over one (docs/serving.md, "Where it decodes").
 WITHOUT_TENSORFLOW = [
     ["tokenize", "Hello <|endoftext|> world", "--json"],
     ["list", "--json"],
