@@ -36,12 +36,12 @@ class Evaluate(Capability):
 
     @dataclass
     class Options:
-        data: list[str] = option(default_factory=list, path=True,
+        data: list[str] = option(default_factory=list, path=True, dataset="evaluation",
                                  help="Text file, folder or JSONL for perplexity (repeatable).")
         stride: int | None = option(at_least=1, help="Sliding-window stride for long texts (default: half the context).")
         batch_size: int = option(8, at_least=1, help="Sequences scored together.")
         text_field: str = option("text", help="JSONL field holding the text.")
-        task: str | None = option(help="JSONL task: multiple choice, generation or last word (see README).")
+        task: str | None = option(help="JSONL task: multiple choice, generation or last word (see docs/cli.md).")
         task_name: str | None = option(help="Prefix of the task's metrics (default: the file's name).")
         shots: int = option(0, at_least=0, help="Solved examples before each question.")
         train: str | None = option(help="JSONL file the shots come from (default: the task file, minus the question).")

@@ -20,6 +20,8 @@ from registry import Capability, CapabilityResult, hookimpl, option
 from registry.errors import UsageError
 
 PROBE_TOKENS = 64  # positions compared logit by logit with the source
+MODEL_CARD = "README.md"  # where the Hugging Face Hub reads a repository's model card
+EMBEDDED_EVALUATION_TEXT = "embedded held-out text"
 
 
 class Export(Capability):
@@ -92,10 +94,15 @@ class Export(Capability):
         metrics["speedup"] = metrics["greedy_tokens_per_second"] / parent_metrics["greedy_tokens_per_second"]
         del runtime
         weights = quantize or variant.tags.get("quantization") or "float32"
+        if format == "hf":
+            # A Hugging Face folder is uploaded as a Hub repository, whose page is its README.md.
+            card = hf_model_card(variant, context.lineage(), evaluation_data(eval_data), parent_metrics["perplexity"],
+                                 metrics, weights=weights, probe_tokens=len(probe))
+            (folder / MODEL_CARD).write_text(card, encoding="utf-8")
         return CapabilityResult(
             preset_dir=folder, metrics=metrics, parent_metrics=parent_metrics,
             settings={"format": format, "quantize": quantize, "weights": weights, "out": out,
-                      "eval_data": list(eval_data or ["embedded held-out text"]), "probe_tokens": len(probe),
+                      "eval_data": list(eval_data or [EMBEDDED_EVALUATION_TEXT]), "probe_tokens": len(probe),
                       "speed_prompt": SPEED_PROMPT, "new_tokens": new_tokens, "special_tokens": special_tokens_rule(),
                       "greedy_decoding": "key/value cache" if format in ("keras", "hf", "savedmodel") else "full recompute per token"},
             tags={"format": format, "weights": weights},
@@ -112,6 +119,57 @@ class Export(Capability):
                 f"largest logit difference {metrics['max_abs_logit_diff']:.2e}, top-1 agreement "
                 f"{metrics['top1_agreement']:.1%}; perplexity {metrics['perplexity']:,.2f}; "
                 f"greedy {metrics['greedy_tokens_per_second']:.1f} tokens/s ({metrics['speedup']:.2f}x the source in Keras)"]
+
+
+def hf_model_card(variant, graph, evaluated_on: dict, source_perplexity: float, checks: dict[str, float], *,
+                  weights: str, probe_tokens: int) -> str:
+    """The README.md of an hf export: the model card of the variant whose weights it holds
+    (`registry.model_card`), named as a transformers checkpoint, with what this export measured."""
+    from huggingface_hub import ModelCard
+
+    from registry.model_card import datasets_from_lineage, model_card, recorded_evaluations
+
+    evaluations = [{"metric": "perplexity", "value": source_perplexity, "dataset": evaluated_on},
+                   *recorded_evaluations(variant)]
+    card = ModelCard(model_card(variant, graph, datasets=[*datasets_from_lineage(graph, variant.ref), evaluated_on],
+                                evaluations=evaluations))
+    # The folder is a transformers checkpoint (GPT2LMHeadModel); the Hub picks its loading code by this field.
+    card.data.library_name = "transformers"
+    card.text = card.text.rstrip("\n") + "\n\n" + "\n".join([
+        "## These files",
+        "",
+        f"A Hugging Face transformers checkpoint of `{variant.ref}` ({weights} weights), written by "
+        f"`gpt2reg export {variant.ref} --format hf`:",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+        "```",
+        "",
+        f"Checked before it was registered, by loading these files back with KerasHub and comparing them with "
+        f"`{variant.ref}` in Keras on {evaluated_on['name']}: largest logit difference "
+        f"{checks['max_abs_logit_diff']:.2e} over {probe_tokens} positions, top-1 agreement "
+        f"{checks['top1_agreement']:.1%}, perplexity {checks['perplexity']:,.2f} (the source: {source_perplexity:,.2f}).",
+        "",
+    ])
+    return str(card)
+
+
+def evaluation_data(eval_data: list[str] | None) -> dict:
+    """The text the export measures perplexity on, as the model card names a data set."""
+    if not eval_data:
+        return {"name": EMBEDDED_EVALUATION_TEXT, "digest": None, "source": "registry.corpus",
+                "context": "evaluation", "rows": None, "bytes": None}
+    from registry.datasets import describe
+
+    uses = [describe(path, "evaluation") for path in eval_data]
+    if len(uses) == 1:
+        return uses[0].to_dict()
+    return {"name": ", ".join(use.name for use in uses), "digest": ",".join(use.digest for use in uses),
+            "source": ", ".join(use.source for use in uses), "context": "evaluation",
+            "rows": sum(use.rows or 0 for use in uses), "bytes": sum(use.bytes for use in uses)}
 
 
 def checked_destination(raw) -> Path:

@@ -39,9 +39,10 @@ class Finetune(Capability):
 
     @dataclass
     class Options:
-        data: list[str] = option(default_factory=list, required=True, path=True,
+        data: list[str] = option(default_factory=list, required=True, path=True, dataset="training",
                                  help="Text file, folder or JSONL (repeatable).")
-        val_data: list[str] | None = option(path=True, help="Held-out text (default: the last --val-split of --data).")
+        val_data: list[str] | None = option(path=True, dataset="validation",
+                                            help="Held-out text (default: the last --val-split of --data).")
         val_split: float = option(0.1, at_least=0, below=1, help="Share of --data held out for validation.")
         steps: int | None = option(at_least=1, help="Optimiser steps (default: one epoch).")
         epochs: float | None = option(above=0, help="Passes over --data (instead of --steps).")

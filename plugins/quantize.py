@@ -27,9 +27,10 @@ class Quantize(Capability):
     @dataclass
     class Options:
         mode: str = option(choices=MODES, required=True, help="The weights' new precision.")
-        calibration: list[str] | None = option(path=True, help="Text to calibrate gptq and awq on (repeatable).")
+        calibration: list[str] | None = option(path=True, dataset="training",
+                                               help="Text to calibrate gptq and awq on (repeatable).")
         calibration_samples: int = option(32, at_least=1, help="Blocks of calibration text used.")
-        eval_data: list[str] | None = option(path=True, help="Text for the perplexity before and after "
+        eval_data: list[str] | None = option(path=True, dataset="evaluation", help="Text for the perplexity before and after "
                                                               "(default: embedded held-out text).")
         new_tokens: int = option(32, at_least=1, help="Tokens per greedy speed measurement.")
         text_field: str = option("text", help="JSONL field holding the text.")

@@ -51,6 +51,8 @@ class CapabilityResult:
     - ``other_parents``: variants besides the one the capability ran on that
       the result comes from, as ``(variant, role)`` (a distilled student's
       initialisation); each gets a lineage edge.
+    - ``datasets``: filled by the core, not the capability: the data sets its
+      options named (`registry.datasets`), recorded with what it made.
     """
 
     preset_dir: Path | None = None
@@ -61,6 +63,7 @@ class CapabilityResult:
     output: dict[str, Any] = field(default_factory=dict)
     discard_after_record: list[Path] = field(default_factory=list)  # folders the core removes once recorded
     tags: dict[str, str] = field(default_factory=dict)  # searchable facts about the new variant (its quantization)
+    datasets: list = field(default_factory=list)  # `registry.datasets.DataSetUse`s, filled by the core
     deliver_to: Path | None = None
     other_parents: list[tuple[Any, str]] = field(default_factory=list)  # (Variant, role) besides the parent
     tables: dict[str, list[dict]] = field(default_factory=dict)  # artifact file -> rows, logged as MLflow tables
@@ -123,8 +126,8 @@ class RunContext:
     # The plugin manager's hook relay (`registry.plugins.load_plugins().hook`), passed by the core:
     # the contract a plugin implements sits below the manager that loads plugins, so it does not import it.
     hook: Any = None
-    # The registry the run reads variants from: its `get`, `load` and `preset_path` (the SDK's
-    # `Registry` is one). Passed by the core for the same reason as `hook`: the SDK sits above this module.
+    # The registry the run reads variants from: its `get`, `load`, `preset_path` and `lineage_graph`
+    # (the SDK's `Registry` is one). Passed by the core for the same reason as `hook`: the SDK sits above this module.
     variants: Any = None
     home: Any = None  # the registry's `registry.home.Home`: where its stores and work folders are
 
@@ -147,6 +150,13 @@ class RunContext:
     def load_variant(self, variant, dtype: str | None = None):
         """Another variant as a KerasHub ``GPT2CausalLM``."""
         return self._reader().load(variant, dtype=dtype)
+
+    def lineage(self):
+        """The parent variant's family as a `registry.lineage_graph.LineageGraph`: the variant and its
+        ancestors, with each edge's settings and metric deltas (read from the registry, never written)."""
+        if self.variant is None:
+            raise UsageError("this capability needs a model reference")
+        return self._reader().lineage_graph(self.variant, descendants=False)
 
     def parent_preset(self) -> Path:
         """The parent variant's KerasHub preset folder, checked against its recorded hash."""

@@ -307,31 +307,69 @@ def alias(ref, alias):
 # ---------------------------------------------------------------- reading, compared
 
 
+# Versions are compared with `compare NAME --versions`, not a command of their own: in MLflow's registry,
+# comparing versions starts from the model's page with the same "Compare" as runs, and a user who
+# knows `compare` looks for it there (`--help` lists it beside the refs).
 @cli.command()
 @click.argument("refs", nargs=-1, required=True)
+@click.option("--metric", default=None,
+              help="Quality metric plotted against size and speed, or over versions (default: perplexity); "
+                   "a task metric such as hellaswag.accuracy too.")
+@click.option("--versions", is_flag=True, default=False,
+              help="Compare the versions of one registered model: REF is its NAME; draws --metric by version.")
 @click.option("--chart", default=None, help="Also write the chart (PNG) to this file.")
 @click.option("--log/--no-log", default=True, show_default=True, help="Log the table and chart to MLflow as a run.")
 @common
-def compare(refs, chart, log):
-    """Side by side: size, parameters and the recorded metrics of each REF, with a chart."""
-    document = open_registry().compare(list(refs), log=log, chart=chart)
+def compare(refs, metric, versions, chart, log):
+    """Side by side: quality against size and speed (Pareto fronts marked), size, parameters and shared
+    metrics of each REF, with a chart; or, with --versions, one metric over the versions of NAME."""
+    if versions:
+        if len(refs) != 1:
+            raise UsageError(f"--versions compares the versions of one model, got {len(refs)}: "
+                             f"{' '.join(refs)}; give one NAME, or drop --versions to compare these refs")
+        document = open_registry().compare_versions(refs[0], metric=metric, log=log, chart=chart)
+    else:
+        document = open_registry().compare(list(refs), metric=metric, log=log, chart=chart)
+
+    def versions_table(table):
+        (series,) = document["panels"]
+        table.title = f"{document['model']}: {series['id']} ({series['y']['better']} is better)"
+        for column in ("version", "operation", series["y"]["metric"], "size"):
+            table.add_column(column, justify="left" if column == "operation" else "right")
+        values = {point["ref"]: point["y"] for point in series["points"]}
+        for row in document["variants"]:
+            ref = row["ref"]
+            value = (f"{values[ref]:,.4g}" if ref in values else "-") + (" (best)" if ref == series["best"] else "")
+            table.add_row(ref.rsplit("/", 1)[1], row["operation"], value, human_size(row["size_bytes"]))
+
+    def variants_table(table):
+        rows = document["variants"]
+        table.add_column("")
+        for row in rows:
+            table.add_column(row["ref"], justify="right")
+        table.add_row("operation", *(row["operation"] + (f" ({row['format']})" if row["format"] else "")
+                                     for row in rows))
+        table.add_row("weights", *(row["weights"] for row in rows))
+        table.add_row("parameters", *(f"{row['parameters']:,}" for row in rows))
+        table.add_row("size", *(human_size(row["size_bytes"]) for row in rows))
+        for name in document["metrics"]:
+            table.add_row(name, *(f"{row['metrics'][name]:,.4g}" if name in row["metrics"] else "-" for row in rows))
 
     def human():
         from rich.table import Table
 
-        rows = document["variants"]
-        table = Table()
-        table.add_column("")
-        for row in rows:
-            table.add_column(row["ref"], justify="right")
-        table.add_row("operation", *(row["operation"] + (f" ({row['format']})" if row["format"] else "") for row in rows))
-        table.add_row("weights", *(row["weights"] for row in rows))
-        table.add_row("parameters", *(f"{row['parameters']:,}" for row in rows))
-        table.add_row("size", *(human_size(row["size_bytes"]) for row in rows))
-        for metric in document["metrics"]:
-            table.add_row(metric, *(f"{row['metrics'][metric]:,.4g}" if metric in row["metrics"] else "-" for row in rows))
         out = console()
+        table = Table()
+        (versions_table if document["compared"] == "versions" else variants_table)(table)
         out.print(table)
+        for panel in document["panels"]:
+            if panel["kind"] == "scatter":
+                lacking = [entry["ref"] for entry in panel["left_out"]]
+                out.print(f"Pareto front, {panel['id']}: {', '.join(panel['front'])}"
+                          + (f" (left out, no value: {', '.join(lacking)})" if lacking else ""))
+        for omitted in document["omitted_panels"]:
+            if omitted["kind"] == "scatter":
+                out.print(f"no {omitted['id']} panel: {omitted['reason']}")
         if "chart_uri" in document:
             out.print(f"chart: {document['chart_uri']} (MLflow run {document['run_id']})")
         if "chart_file" in document:
@@ -405,10 +443,13 @@ def ui(host, port, workers):
         # The tracking server is the UI already, for every team member: nothing to start.
         check_server_answers(reg.home.tracking_uri)
         url = reg.home.tracking_uri
-        emit({"url": url, "started": False},
-             lambda: click.echo(f"MLflow UI: {url} (served by the tracking server itself; open it in a browser)"))
+        experiment = experiment_page(url.rstrip("/"), reg.tracker.experiment_id)
+        emit({"url": url, "started": False, "experiment_url": experiment},
+             lambda: click.echo(f"MLflow UI: {url} (served by the tracking server itself; open it in a browser)\n"
+                                f"the registry's experiment: {experiment}"))
         return
     reg.init()
+    experiment = experiment_page(f"http://{host}:{port}", reg.tracker.experiment_id)
     command = [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", reg.home.tracking_uri,
         "--default-artifact-root", reg.home.artifact_root.as_uri(), "--host", host, "--port", str(port),
@@ -416,8 +457,14 @@ def ui(host, port, workers):
     ]
     # MLflow's GenAI job runners (four more processes) serve nothing the registry records.
     environment = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    click.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)", err=True)
+    click.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop); the registry's experiment: {experiment}", err=True)
     sys.exit(subprocess.call(command, env=environment))
+
+
+def experiment_page(server: str, experiment_id: str) -> str:
+    """The experiment's page in MLflow's model-training view (runs, metrics, models): MLflow 3's UI opens
+    every experiment in its GenAI view (traces, judges) unless the address asks for the other."""
+    return f"{server}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 @cli.command()

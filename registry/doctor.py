@@ -27,6 +27,7 @@ from registry.leases import HEARTBEAT_TAG, LEASE_TAG
 from registry.tracking import REGISTERED_MODEL_DESCRIPTION, TrackingServerUnreachable
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
+LOGGED_MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
 
 
 def run_doctor(reg, *, repair: bool = False) -> dict:
@@ -121,6 +122,13 @@ def run_doctor(reg, *, repair: bool = False) -> dict:
                    # A run started after the listing has its files here already.
                    live=lambda folder=folder: run_is_live(folder.name),
                    still_debris=lambda folder=folder: not _run_is_active(tracker, folder.name))
+    for folder in _logged_model_folders(home.artifact_root):
+        # A logged model's row comes before its files, and the two go together (Tracker.delete_run):
+        # files without a row are what an interrupted deletion left.
+        if not _logged_model_exists(tracker, folder.name):
+            report("orphan-artifacts", f"logged model files {folder} belong to no MLflow logged model",
+                   lambda folder=folder: shutil.rmtree(folder, ignore_errors=True),
+                   still_debris=lambda folder=folder: not _logged_model_exists(tracker, folder.name))
     for model in models:
         if not any(key[0] == model.name for key in versions) and model.description == REGISTERED_MODEL_DESCRIPTION:
             lease_tag = (model.tags or {}).get(LEASE_TAG)
@@ -208,6 +216,16 @@ def _any_live_lease(home) -> bool:
                                    if leases.LEASE_ID.fullmatch(path.name) or path.name.endswith(".new"))
 
 
+def _logged_model_exists(tracker, model_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tracker.client.get_logged_model(model_id)
+        return True
+    except MlflowException:
+        return False
+
+
 def _run_is_active(tracker, run_id: str) -> bool:
     from mlflow.exceptions import MlflowException
 
@@ -218,8 +236,18 @@ def _run_is_active(tracker, run_id: str) -> bool:
 
 
 def _run_artifact_folders(artifact_root: Path, experiment_id: str) -> list[Path]:
-    """`<artifact root>/<experiment>/<run id>` folders that MLflow made for runs of this home."""
-    experiment = artifact_root / str(experiment_id)
-    if not experiment.is_dir():
+    """The folders MLflow made for runs of this home: `<artifact root>/<run id>` (the home's experiment
+    keeps its artifacts at the artifact root), or `<artifact root>/<experiment>/<run id>`."""
+    found = []
+    for parent in (artifact_root, artifact_root / str(experiment_id)):
+        if parent.is_dir():
+            found += [p for p in parent.iterdir() if p.is_dir() and RUN_ID.fullmatch(p.name)]
+    return sorted(found)
+
+
+def _logged_model_folders(artifact_root: Path) -> list[Path]:
+    """`<artifact root>/models/<model id>`: the files of the home's MLflow logged models."""
+    models = artifact_root / "models"
+    if not models.is_dir():
         return []
-    return sorted(p for p in experiment.iterdir() if p.is_dir() and RUN_ID.fullmatch(p.name))
+    return sorted(p for p in models.iterdir() if p.is_dir() and LOGGED_MODEL_ID.fullmatch(p.name))

@@ -42,6 +42,10 @@ from registry.errors import UsageError
 METADATA_KEY = "gpt2reg.option"
 
 
+# The roles a data set plays in a run, as MLflow's `mlflow.data.context` tag names them.
+DATASET_CONTEXTS = ("training", "validation", "evaluation")
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """What a field declares beyond its type and default (see `option`)."""
@@ -60,12 +64,13 @@ class OptionSpec:
     serve: bool = False
     serve_default: Any = None
     metavar: str | None = None
+    dataset: str | None = None
 
 
 def option(default: Any = MISSING, *, help: str, default_factory: Any = MISSING, flag: str | None = None,
            choices=None, at_least=None, above=None, at_most=None, below=None, required: bool = False,
            argument: bool = False, cli: bool = True, path: bool = False, serve: bool = False,
-           serve_default: Any = None, metavar: str | None = None) -> Any:
+           serve_default: Any = None, metavar: str | None = None, dataset: str | None = None) -> Any:
     """A dataclass field that declares one option.
 
     - ``help``: one sentence for ``--help`` and the docs;
@@ -75,12 +80,16 @@ def option(default: Any = MISSING, *, help: str, default_factory: Any = MISSING,
     - ``argument``: a positional command-line argument rather than a flag (a list: any number);
     - ``cli=False``: for Python callers only (a callback);
     - ``path``: names files or folders that must exist, checked before any model loads;
-    - ``serve``: also a parameter of the served model (``serve_default`` where the default differs).
+    - ``serve``: also a parameter of the served model (``serve_default`` where the default differs);
+    - ``dataset``: with ``path``, the files are a data set in this role (``training``, ``validation`` or
+      ``evaluation``): the core records them as the run's MLflow data set inputs and on the lineage edge.
     """
+    if dataset is not None and (dataset not in DATASET_CONTEXTS or not path):
+        raise ValueError(f"dataset={dataset!r}: use one of {', '.join(DATASET_CONTEXTS)}, with path=True")
     spec = OptionSpec(help=help, flag=flag, choices=tuple(choices) if choices is not None else None,
                       at_least=at_least, above=above, at_most=at_most, below=below, required=required,
                       argument=argument, cli=cli, path=path, serve=serve, serve_default=serve_default,
-                      metavar=metavar)
+                      metavar=metavar, dataset=dataset)
     if default is MISSING and default_factory is MISSING:
         default = None  # "not given": `required` and __post_init__ decide what that means
     return dataclasses.field(default=default, default_factory=default_factory, metadata={METADATA_KEY: spec})

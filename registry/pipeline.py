@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
-from registry import artifacts, references
+from registry import artifacts, datasets, references
 from registry.artifacts import MANIFEST
 from registry.capability import CapabilityResult, Progress, RunContext, check_result, plugin_code
 from registry.errors import NotFoundError, RegistryError, UsageError
@@ -53,6 +53,8 @@ class VariantReader(Protocol):
                       device: str = "auto") -> Any: ...
 
     def light_scorer(self, variant: str | Variant) -> Any: ...
+
+    def lineage_graph(self, variant: str | Variant, *, descendants: bool = True) -> Any: ...
 
 
 def disk_full(error: BaseException | None) -> bool:
@@ -111,6 +113,8 @@ class Pipeline:
         with plugin_code(provider, capability):
             cap = found[capability]()
             checked = cap.validate(options)
+        # Described before the work, as it reads them: a file changed meanwhile is not what it trained on.
+        uses = datasets.used_by(type(checked), checked)
         parent = self.variants.get(variant) if variant is not None else None
         if cap.needs_model and parent is None:
             raise UsageError(f"{capability} needs a model reference")
@@ -131,13 +135,14 @@ class Pipeline:
                     try:
                         with plugin_code(provider, capability):
                             result = check_result(cap, cap.run(context, checked))
+                        result.datasets = uses
                     except UsageError:
                         raise  # bad input: nothing worth a run record
                     except Exception as failure:
                         if chief:
                             try:
                                 recorder.record_failure(name=name, operation=cap.operation, parent=parent,
-                                                        failure=failure)
+                                                        failure=failure, datasets=uses)
                             except Exception as recording_error:  # the run's own error matters more
                                 failure.add_note(f"the failed run could not be recorded: {recording_error!r}")
                         raise
@@ -155,6 +160,7 @@ class Pipeline:
                     context = self._context(parent, Path(scratch), device)
                     with plugin_code(provider, capability):
                         result = check_result(cap, cap.run(context, checked))
+                    result.datasets = uses
                 new = None
         except BaseException as error:
             plugins.call_each("on_run_error", capability=cap, variant=parent, error=error)

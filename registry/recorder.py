@@ -25,12 +25,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from registry import artifacts, leases, serving
+from registry import artifacts, datasets, leases, serving
 from registry.artifacts import MANIFEST, MODEL_ARTIFACT, weights_path
 from registry.capability import CapabilityResult
 from registry.tracking import TAG_PREFIX
 from registry.lineage_graph import LineageEdge, LineageGraph, LineageNode, read_lineage
-from registry.variant import Variant, read_variant
+from registry.variant import Variant, variant_from_row
 
 if TYPE_CHECKING:
     from registry.home import Home
@@ -147,35 +147,65 @@ class Recorder:
         heartbeat = leases.Heartbeat(lambda now: tracker.set_run_tag(run_id, leases.HEARTBEAT_TAG, now), period)
         heartbeat.start()
         version = None
+        # The data sets on the edge, by digest: two variants trained on different data are told apart.
+        settings = {**result.settings, **({"datasets": [use.to_dict() for use in result.datasets]}
+                                          if result.datasets else {})}
+        measured_on = {key: datasets.measured_on(key, result.datasets) for key in metrics}
+        edges = []
+        for parent, role in parents:
+            deltas = metric_deltas(
+                {k: metrics[k] for k in ("parameters", "size_bytes")},
+                {"parameters": parent.parameters, "size_bytes": parent.size_bytes},
+            )
+            if role in ("parent", "base", "teacher"):
+                deltas.update(metric_deltas(metrics, result.parent_metrics))
+            edges.append((parent.ref, role, settings, deltas))
         try:
             tracker.log_params(run_id, {"operation": operation, **result.settings})
-            tracker.log_metrics(run_id, metrics, result.history)
-            tracker.log_artifacts(run_id, model_dir, artifact_path)
+            tracker.log_inputs(run_id, result.datasets)
+            # A tracking server keeps a full variant's files once, as its logged model's (below); a home's
+            # own store keeps them in the run, and the logged model's are hard links to them.
+            if kind != "full" or not self.home.tracking_server:
+                tracker.log_artifacts(run_id, model_dir, artifact_path)
             tracker.log_artifact(run_id, preset_dir / MANIFEST)
+            source = f"{run.info.artifact_uri}/{artifact_path}"
+            model_id = None
+            if kind == "full":
+                # An MLflow 3 logged model (params, metrics with their data sets, the model's files): MLflow
+                # lists and ranks it, and the registered version is made from it.
+                model = tracker.create_logged_model(name, run_id, params={"operation": operation, **result.settings},
+                                                    tags=tags)
+                model_id, source = model.model_id, f"models:/{model.model_id}"
+                tracker.log_model_files(model, model_dir, run_id, artifact_path)
+            tracker.log_metrics(run_id, metrics, result.history, model_id=model_id, datasets=measured_on)
+            if model_id is not None:
+                tracker.finish_logged_model(model_id)
             for artifact_file, rows in result.tables.items():  # sample generations, shown as tables in the UI
                 tracker.log_table(run_id, rows, artifact_file)
             model_version = tracker.register(
                 name,
-                source=f"{run.info.artifact_uri}/{artifact_path}",
+                source=source,
                 run_id=run_id,
                 tags=tags,
-                description=_description(operation, parents, metrics),
+                description=_description(operation, [(p.ref, role) for p, role in parents], metrics, measured_on),
                 model_tags={leases.LEASE_TAG: lease.tag},
+                model_id=model_id,
             )
             version = int(model_version.version)
             tracker.log_artifacts(
                 run_id, self._lineage_files(f"{name}/{version}", operation, parents, metrics, staging), "lineage"
             )
+            if model_id is not None:
+                # The model card, where the Hub and MLflow users look: the logged model's files, and the run's.
+                card = self._model_card_file(
+                    Variant(name=name, version=version, kind=kind, operation=operation,
+                            parents=tuple(p.ref for p, _ in parents), parameters=parameters, size_bytes=size_bytes,
+                            content_hash=content_hash, run_id=run_id, artifact_uri=run.info.artifact_uri,
+                            metrics=metrics, config=config, tags={"operation": operation, **result.tags},
+                            created_at=datetime.now(timezone.utc)),
+                    parents, edges, result.datasets, measured_on, staging)
+                tracker.log_model_card(model_id, run_id, card)
             tracker.finish_run(run_id)
-            edges = []
-            for parent, role in parents:
-                deltas = metric_deltas(
-                    {k: metrics[k] for k in ("parameters", "size_bytes")},
-                    {"parameters": parent.parameters, "size_bytes": parent.size_bytes},
-                )
-                if role in ("parent", "base", "teacher"):
-                    deltas.update(metric_deltas(metrics, result.parent_metrics))
-                edges.append((parent.ref, role, result.settings, deltas))
             row = lineage.add_variant(
                 name=name,
                 version=version,
@@ -203,9 +233,11 @@ class Recorder:
         committed_at = _now()
         for parent in {p.ref: p for p, _ in parents}.values():
             self._refresh_lineage_picture(parent, staging, committed_at)
-        return read_variant(lineage, row, loader=self.loader)
+        # Its parents are the edges just committed, in their order: no need to read them back.
+        return variant_from_row(row, [p.ref for p, _ in parents], loader=self.loader)
 
-    def record_failure(self, *, name: str, operation: str, parent: "Variant | None", failure: BaseException) -> str:
+    def record_failure(self, *, name: str, operation: str, parent: "Variant | None", failure: BaseException,
+                       datasets: list | None = None) -> str:
         """A FAILED MLflow run with the error and what was measured before it; nothing is registered.
 
         ``failure`` is any exception: a `RunFailed` carries what the capability measured
@@ -228,6 +260,7 @@ class Recorder:
         run_id = run.info.run_id
         try:
             tracker.log_params(run_id, {"operation": operation, **result.settings})
+            tracker.log_inputs(run_id, datasets or [])
             metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
             tracker.log_metrics(run_id, metrics, result.history)
         finally:
@@ -249,17 +282,59 @@ class Recorder:
         return run.info.run_id
 
     def record_metrics(self, variant: Variant, metrics: dict[str, float], *, data_digest: str | None = None,
-                       tables: dict[str, list[dict]] | None = None) -> None:
-        """Figures measured on an existing variant, onto its MLflow run and its lineage row (whose
-        edges then hold the change of each figure its parents and children hold too)."""
+                       tables: dict[str, list[dict]] | None = None, datasets: list | None = None) -> None:
+        """Figures measured on an existing variant, onto its MLflow run and logged model (with the data
+        set each was measured on) and its lineage row (whose edges then hold the change of each figure
+        its parents and children hold too)."""
+        from registry import datasets as data_sets
+
         metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        uses = list(datasets or [])
         if variant.run_id:
-            self.tracker.log_metrics(variant.run_id, metrics)
+            models = self.tracker.logged_models_of(variant.run_id) if variant.kind == "full" else []
+            self.tracker.log_inputs(variant.run_id, uses)
+            self.tracker.log_metrics(variant.run_id, metrics, model_id=models[0].model_id if models else None,
+                                     datasets={key: data_sets.measured_on(key, uses) for key in metrics})
+            self._describe_version(variant, {**variant.metrics, **metrics}, models[0].model_id if models else None)
             if data_digest:
                 self.tracker.set_run_tag(variant.run_id, "gpt2reg.eval_data", data_digest)
             for artifact_file, rows in (tables or {}).items():
                 self.tracker.log_table(variant.run_id, rows, artifact_file)
         self.lineage_store.update_metrics(variant.name, variant.version, metrics)
+
+    def _describe_version(self, variant: Variant, metrics: dict[str, float], model_id: str | None) -> None:
+        """The version's description again, with figures recorded after its registration; the data set of
+        each figure as its logged model holds it."""
+        from types import SimpleNamespace
+
+        measured_on = {}
+        if model_id is not None:
+            for metric in self.tracker.client.get_logged_model(model_id).metrics or []:
+                if metric.dataset_name:
+                    measured_on[metric.key] = SimpleNamespace(name=metric.dataset_name, digest=metric.dataset_digest)
+        parents = [(edge.parent_ref, edge.role) for edge in self.lineage_store.parents(variant.name, variant.version)]
+        self.tracker.describe_version(variant.name, variant.version,
+                                      _description(variant.operation, parents, metrics, measured_on))
+
+    def _model_card_file(self, variant: Variant, parents, edges: list, uses: list, measured_on: dict,
+                         staging: Path) -> Path:
+        """`variant`'s model card (Hugging Face's format, `registry.model_card`) as README.md in a new folder;
+        `edges`: the lineage edges into it, (parent ref, role, settings, metric deltas), as they are recorded."""
+        from registry.model_card import is_quality_metric, model_card
+
+        graph = self._ancestry(variant.ref, [p for p, _ in parents])
+        graph.nodes[variant.ref] = LineageNode.of(variant)
+        for parent_ref, role, settings, deltas in edges:
+            graph.edges.append(LineageEdge(parent=parent_ref, child=variant.ref, operation=variant.operation,
+                                           role=role, settings=settings, metric_deltas=deltas))
+        evaluations = [{"metric": key, "value": value,
+                        "dataset": measured_on[key].to_dict() if measured_on.get(key) else None}
+                       for key, value in sorted(variant.metrics.items()) if is_quality_metric(key)]
+        folder = Path(tempfile.mkdtemp(prefix="model-card-", dir=staging))
+        (folder / "README.md").write_text(
+            model_card(variant, graph, datasets=[use.to_dict() for use in uses], evaluations=evaluations),
+            encoding="utf-8")
+        return folder
 
     def _lineage_files(self, new_ref, operation, parents, metrics, staging: Path) -> Path:
         """The new variant's ancestry, as lineage.json and lineage.png.
@@ -323,18 +398,20 @@ class Recorder:
 
     def _draw_family(self, parent: "Variant", folder: Path, read_at: str) -> Path:
         """`parent`'s ancestors and its newest CHILDREN_DRAWN children, drawn in `folder`."""
-        from registry.lineage.store import parse_ref
-
         graph = self._ancestry(parent.ref, [parent])
         store = self.lineage_store
         # The newest children only, and a count of all: a busy parent has thousands.
         children = store.child_count(parent.name, parent.version)
         drawn = store.children(parent.name, parent.version, newest=CHILDREN_DRAWN)  # oldest first
+        # The children's rows and their parents in a query each, not two per child: a busy
+        # parent's picture would otherwise cost a dozen milliseconds more than a quiet one's.
+        rows = store.variants(edge.child_ref for edge in drawn)
+        parents_of = store.parent_refs(row.id for row in rows.values())
         for edge in drawn:
-            row = store.get(*parse_ref(edge.child_ref))
+            row = rows.get(edge.child_ref)
             if row is None:
                 continue
-            graph.nodes[row.ref] = LineageNode.of(read_variant(store, row))
+            graph.nodes[row.ref] = LineageNode.of(variant_from_row(row, parents_of.get(row.id, ())))
             graph.edges.append(LineageEdge(parent=edge.parent_ref, child=edge.child_ref, operation=edge.operation,
                                            role=edge.role, settings=edge.settings, metric_deltas=edge.metric_deltas))
         graph.omitted_children[parent.ref] = children - len(drawn)
@@ -377,11 +454,22 @@ def _draw(graph: LineageGraph, folder: Path) -> Path:
     return folder
 
 
-def _description(operation: str, parents: list, metrics: dict[str, float]) -> str:
+def _description(operation: str, parents: list, metrics: dict[str, float], measured_on: dict | None = None) -> str:
+    """The model version's description: its parents (`(ref, role)`), and its figures where the version's
+    page shows them (MLflow's page has no place for a version's metrics of its own); `measured_on` maps a
+    figure to the data set (with `name` and `digest`) it was measured on."""
+    from registry.comparison import NOT_COMPARED
+    from registry.lineage.store import parse_ref
+
     lines = [f"GPT-2 variant made by `{operation}`."]
-    for parent, role in parents:
-        lines.append(f"- {role}: [{parent.ref}](#/models/{parent.name}/versions/{parent.version})")
-    if "perplexity" in metrics:
-        lines.append(f"- perplexity: {metrics['perplexity']:.2f}")
+    for ref, role in parents:
+        parent_name, parent_version = parse_ref(ref)
+        lines.append(f"- {role}: [{ref}](#/models/{parent_name}/versions/{parent_version})")
     lines.append(f"- parameters: {int(metrics['parameters']):,}; size: {int(metrics['size_bytes']):,} bytes")
+    figures = sorted(key for key in metrics if key not in NOT_COMPARED and math.isfinite(metrics[key]))
+    if figures:
+        lines += ["", "| metric | value | measured on |", "|---|---|---|"]
+        for key in figures:
+            data = (measured_on or {}).get(key)
+            lines.append(f"| {key} | {metrics[key]:,.4g} | {f'{data.name} ({data.digest})' if data else '-'} |")
     return "\n".join(lines)

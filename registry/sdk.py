@@ -266,12 +266,40 @@ class Registry:
         return best_of(self.list(name), metric, max_size_mb=max_size_mb, max_parameters=max_parameters,
                        higher_is_better=higher_is_better)
 
-    def compare(self, variants: list, *, log: bool = True, chart: str | Path | None = None) -> dict:
-        """Variants side by side; the table and its chart are logged to MLflow as a comparison run."""
+    def compare(self, variants: list, *, metric: str | None = None, log: bool = True,
+                chart: str | Path | None = None) -> dict:
+        """Variants side by side: quality (`metric`, default perplexity) against size and against greedy
+        speed with each Pareto front (`fronts`), and a bar panel per metric two or more hold (`panels`).
+        The document and its chart are logged to MLflow as a comparison run.
+
+        >>> reg.compare(["tuned/1", "tuned-int8/1", "student/1"], log=False)["fronts"]
+        {'perplexity vs size_bytes': ['tuned/1', 'tuned-int8/1', 'student/1'],
+         'perplexity vs greedy_tokens_per_second': ['tuned/1', 'tuned-int8/1']}
+        """
         from registry import comparison
 
-        return comparison.compare([self.get(v) for v in variants], tracker=self.tracker if log else None,
-                                  chart=chart)
+        return comparison.compare([self.get(v) for v in variants], metric=metric,
+                                  tracker=self.tracker if log else None, chart=chart)
+
+    def compare_versions(self, name: str, *, metric: str | None = None, log: bool = True,
+                         chart: str | Path | None = None) -> dict:
+        """One metric (default perplexity) over every version of the registered model `name`, as a
+        line chart logged to MLflow like `compare`; the series is the document's one panel.
+
+        >>> (series,) = reg.compare_versions("shakespeare", log=False)["panels"]
+        >>> [(p["version"], p["operation"], p["y"]) for p in series["points"]]
+        [(1, 'finetune', 41.2), (2, 'finetune', 37.9), (3, 'merge', 38.4)]
+        """
+        from registry import comparison
+
+        ref = references.parse(name)
+        if ref.version is not None or ref.alias is not None:
+            raise UsageError(f"comparing versions takes a model NAME, not the version {name}: give {ref.name}")
+        versions = self.list(ref.name)
+        if not versions:
+            raise NotFoundError(f"no registered model {ref.name} in {self.home.path}; see `gpt2reg list`")
+        return comparison.compare_versions(ref.name, versions, metric=metric,
+                                           tracker=self.tracker if log else None, chart=chart)
 
     def stream(self, variant: "str | Variant", prompts: "str | list[str]", **options):
         """Generate with `variant`, yielding each `StreamEvent` (row, text, token_id, finish_reason)
@@ -377,6 +405,8 @@ class Registry:
             with self._staging() as staging:
                 shutil.move(str(preset), staging / "preset")
                 result = CapabilityResult(preset_dir=staging / "preset", settings={**description, **provenance})
+                if "://" in source:  # a hub's name for it (hf://owner/name), which its model card names as its base
+                    result.tags["source"] = masked(source)
                 check_finite_weights(result, allow_nonfinite)  # before the sample generations, which NaN would spoil
                 result.tables = sample_generations(keras_gpt2.load(staging / "preset"))
                 return self._record(name=name, operation="import", parents=parents, result=result, staging=staging,
@@ -436,17 +466,18 @@ class Registry:
         return [(origin, "source")], settings
 
     def record_metrics(self, variant: "str | Variant", metrics: dict[str, float], *, data_digest: str | None = None,
-                       tables: dict[str, list[dict]] | None = None) -> Variant:
-        """Attach evaluation figures to an existing variant: its MLflow run, its lineage row, and
-        the change of each figure on the lineage edges to its parents and children that hold it too."""
+                       tables: dict[str, list[dict]] | None = None, datasets: list | None = None) -> Variant:
+        """Attach evaluation figures to an existing variant: its MLflow run and logged model, its lineage
+        row, and the change of each figure on the lineage edges to its parents and children that hold it
+        too. `datasets`: the `registry.datasets.DataSetUse`s they were measured on."""
         variant = self.get(variant)
-        self._recorder().record_metrics(variant, metrics, data_digest=data_digest, tables=tables)
+        self._recorder().record_metrics(variant, metrics, data_digest=data_digest, tables=tables, datasets=datasets)
         return self.get(variant.ref)
 
     def record_evaluation(self, variant: "str | Variant", result: CapabilityResult) -> Variant:
         """Record what `run("evaluate", ...)` measured on the variant it measured."""
         return self.record_metrics(variant, result.metrics, data_digest=result.settings.get("data_digest"),
-                                   tables=result.tables)
+                                   tables=result.tables, datasets=result.datasets)
 
     def _progress(self, **fields) -> None:
         if self.progress is not None:

@@ -18,6 +18,10 @@ from registry.home import Home, connection_problem, shown_url
 
 EXPERIMENT = "gpt2reg"
 TAG_PREFIX = "gpt2reg."
+# MLflow 3's UI opens an experiment of this kind in its model-training view (runs, metrics, models),
+# not its GenAI view (traces, judges).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+MODEL_TYPE = "gpt2"  # a logged model's type, as MLflow's model list shows it
 REGISTERED_MODEL_DESCRIPTION = "GPT-2 variants registered by gpt2-registry"
 _METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 _PARAMS_PER_BATCH = 100
@@ -74,6 +78,8 @@ class Tracker:
             experiment = self.client.get_experiment_by_name(EXPERIMENT)
             if experiment is not None:
                 self._experiment_id = experiment.experiment_id
+                if experiment.tags.get(EXPERIMENT_KIND_TAG) is None:  # a home made before the tag
+                    self.client.set_experiment_tag(self._experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             else:
                 from mlflow.exceptions import MlflowException
 
@@ -81,7 +87,8 @@ class Tracker:
                 # database directly would put them under the working directory.
                 location = None if self.home.tracking_server else self.home.artifact_root.as_uri()
                 try:
-                    self._experiment_id = self.client.create_experiment(EXPERIMENT, artifact_location=location)
+                    self._experiment_id = self.client.create_experiment(
+                        EXPERIMENT, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
                 except MlflowException:  # another process created it first
                     self._experiment_id = self.client.get_experiment_by_name(EXPERIMENT).experiment_id
         return self._experiment_id
@@ -97,24 +104,118 @@ class Tracker:
         for start in range(0, len(flat), _PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=flat[start : start + _PARAMS_PER_BATCH])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], history: dict[str, list[tuple[int, float]]] | None = None) -> None:
-        """Final values and curves, in batches (one call per 1000 points, not one per point)."""
+    def log_metrics(self, run_id: str, metrics: dict[str, float], history: dict[str, list[tuple[int, float]]] | None = None,
+                    *, model_id: str | None = None, datasets: dict[str, Any] | None = None) -> None:
+        """Final values and curves, in batches (one call per 1000 points, not one per point).
+
+        With `model_id` the final values are the logged model's figures too (MLflow lists and ranks
+        models by them); `datasets` maps a metric to the `registry.datasets.DataSetUse` it was measured on.
+        """
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         history = history or {}
-        # A metric with a curve is its curve: its last point is the final value.
+        datasets = datasets or {}
+
+        def final(key: str, value: float, step: int = 0):
+            data = datasets.get(key)
+            return Metric(key, float(value), now, step, model_id=model_id, dataset_name=data.name if data else None,
+                          dataset_digest=data.digest if data else None)
+
+        # A metric with a curve is its curve: its last point is the final value, and the model's.
         points = [
-            Metric(key, float(value), now, 0)
+            final(key, value)
             for key, value in metrics.items()
             if key not in history and isinstance(value, (int, float)) and math.isfinite(value)
         ]
         for key, series in history.items():
-            points.extend(Metric(key, float(v), now, int(step)) for step, v in series if math.isfinite(v))
+            curve = [(int(step), float(value)) for step, value in series if math.isfinite(value)]
+            points.extend(Metric(key, value, now, step) for step, value in curve[:-1])
+            if curve:
+                points.append(final(key, curve[-1][1], curve[-1][0]))
         for start in range(0, len(points), _METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=points[start : start + _METRICS_PER_BATCH])
+
+    def log_inputs(self, run_id: str, uses: list) -> None:
+        """The data sets a run used (`registry.datasets.DataSetUse`), as its MLflow data set inputs."""
+        from registry.datasets import mlflow_inputs
+
+        if uses:
+            self.client.log_inputs(run_id, datasets=mlflow_inputs(uses))
+
+    # ------------------------------------------------------------ logged models
+
+    def create_logged_model(self, name: str, run_id: str, *, params: dict[str, Any], tags: dict[str, str]):
+        """An MLflow 3 logged model of the run, PENDING until `finish_logged_model`.
+
+        Named after the variant, less the characters MLflow refuses in a logged model's name (a variant
+        may be called `student-0.5`); the variant's own name is its `gpt2reg.name` tag.
+        """
+        import re
+
+        flat = {key: masked(str(value))[:6000] for key, value in _flatten(params).items()}
+        return self.client.create_logged_model(self.experiment_id, name=re.sub(r"[/:.%\"']", "_", name),
+                                               source_run_id=run_id, params=flat,
+                                               tags=_masked_tags({**tags, f"{TAG_PREFIX}name": name}),
+                                               model_type=MODEL_TYPE)
+
+    def log_model_files(self, model, local_dir: Path, run_id: str, artifact_path: str) -> None:
+        """The logged model's artifacts: `local_dir`, which the run logged under `artifact_path` already.
+
+        In a home's own artifact store they are hard links to the run's files (no second copy of the
+        weights on the disk); a tracking server gets them uploaded (and only there: see `Recorder`).
+        """
+        import os
+        import shutil
+
+        source = local_path(self.get_run(run_id).info.artifact_uri)
+        target = local_path(model.artifact_location)
+        if self.home.tracking_server or source is None or target is None:
+            self.client.log_model_artifacts(model.model_id, str(local_dir))
+            return
+        source = source / artifact_path
+        for file in sorted(p for p in source.rglob("*") if p.is_file()):
+            destination = target / file.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(file, destination)
+            except OSError:  # another file system, or links not allowed: a copy
+                shutil.copy2(file, destination)
+
+    def log_model_card(self, model_id: str, run_id: str, folder: Path) -> None:
+        """A model card (`folder`/README.md) into the logged model's files and the run's `model_card/`."""
+        self.client.log_model_artifacts(model_id, str(folder))
+        self.client.log_artifacts(run_id, str(folder), "model_card")
+
+    def finish_logged_model(self, model_id: str, status: str = "READY") -> None:
+        from mlflow.entities import LoggedModelStatus
+
+        self.client.finalize_logged_model(model_id, LoggedModelStatus(status))
+
+    def logged_models_of(self, run_id: str) -> list:
+        return list(self.client.search_logged_models(experiment_ids=[self.experiment_id],
+                                                     filter_string=f"source_run_id = '{run_id}'"))
+
+    def delete_logged_models_of(self, run_id: str) -> None:
+        """Delete the run's logged models and their files (a half-made variant's model must not outlive it)."""
+        import shutil
+
+        from mlflow.exceptions import MlflowException
+
+        try:
+            models = self.logged_models_of(run_id)
+        except MlflowException:
+            return
+        for model in models:
+            folder = self.run_artifact_folder(model.artifact_location)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            try:
+                self.client.delete_logged_model(model.model_id)
+            except MlflowException:
+                pass
 
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
@@ -154,6 +255,7 @@ class Tracker:
             artifact_uri = self.client.get_run(run_id).info.artifact_uri
         except MlflowException:
             pass
+        self.delete_logged_models_of(run_id)
         folder = self.run_artifact_folder(artifact_uri)
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -194,7 +296,7 @@ class Tracker:
     # ------------------------------------------------------------ registry
 
     def register(self, name: str, source: str, run_id: str, tags: dict[str, str], description: str,
-                 model_tags: dict[str, str] | None = None):
+                 model_tags: dict[str, str] | None = None, model_id: str | None = None):
         """A new version of `name`; `model_tags` go on the registered model when this call creates it."""
         from mlflow.exceptions import MlflowException
 
@@ -204,9 +306,23 @@ class Tracker:
         except MlflowException as error:
             if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code):
                 raise
-        return self.client.create_model_version(
-            name=name, source=source, run_id=run_id, tags=_masked_tags(tags), description=masked(description)
-        )
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        # A `models:/<model id>` source is looked up by MLflow's registry store through the process's
+        # tracking URI, not this client's: pointed at this store for the call.
+        with _use_tracking_uri(self.home.tracking_uri):
+            version = self.client.create_model_version(
+                name=name, source=source, run_id=run_id, tags=_masked_tags(tags), description=masked(description),
+                model_id=model_id,
+            )
+        if model_id is not None:
+            # As `mlflow.register_model` does: the logged model's page then names its registered version.
+            self.client.set_logged_model_tags(
+                model_id, {"mlflow.modelVersions": json.dumps([{"name": name, "version": str(version.version)}])})
+        return version
+
+    def describe_version(self, name: str, version: int, description: str) -> None:
+        self.client.update_model_version(name, str(version), description=masked(description))
 
     def delete_version(self, name: str, version: int) -> None:
         from mlflow.exceptions import MlflowException
@@ -257,6 +373,11 @@ class Tracker:
         except MlflowException:
             return {}
         return {alias: int(version) for alias, version in (model.aliases or {}).items()}
+
+    def model_files_uri(self, name: str, version: int) -> str:
+        """Where the registry keeps the files of NAME/VERSION's MLflow model (its logged model's, or for a
+        version registered from its run, the run's `model/`)."""
+        return self.client.get_model_version_download_uri(name, str(version))
 
     def download(self, artifact_uri: str, destination: Path) -> Path:
         from mlflow.artifacts import download_artifacts

@@ -89,11 +89,18 @@ class VariantFiles:
     def _fetch_checked(self, variant: Variant, inside: str, cache: Path, work: Path) -> None:
         from registry import artifacts
 
+        from registry.artifacts import PRESET_ARTIFACT
+
         try:
-            fetched = self.tracker().download(f"{variant.artifact_uri}/{inside}", work)
+            if variant.kind == "full":
+                # A full variant's files are its MLflow model's: on a tracking server, only there.
+                location = f"{self.tracker().model_files_uri(variant.name, variant.version)}/artifacts/{PRESET_ARTIFACT}"
+            else:
+                location = f"{variant.artifact_uri}/{inside}"
+            fetched = self.tracker().download(location, work)
             if not (fetched / artifacts.MANIFEST).is_file():
                 raise RegistryError(f"the files of {variant.ref} are missing from the tracking server "
-                                    f"({variant.artifact_uri}/{inside}); run `gpt2reg doctor`")
+                                    f"({location}); run `gpt2reg doctor`")
             if artifacts.content_hash(fetched) != variant.content_hash:
                 raise RegistryError(f"the files of {variant.ref} on the tracking server do not match their recorded "
                                     "hash (damaged files); run `gpt2reg doctor`")

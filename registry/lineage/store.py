@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, create_engine, delete, event, func, literal, select, text, union
+from sqlalchemy import Connection, and_, create_engine, delete, event, func, literal, or_, select, text, union
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased, joinedload, sessionmaker
@@ -37,6 +37,7 @@ _PG_WRITE_LOCK = 0x67707432_6C7772
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _ID_BATCH = 5000  # ids per IN (...) list
+_REF_BATCH = 200  # (name, version) pairs per OR-ed query
 
 Parent = tuple[str, str, Mapping[str, Any], Mapping[str, float]]
 
@@ -369,6 +370,24 @@ class LineageStore:
         with self.session_scope() as session:
             row_id = _require(session, name, version).id
             return session.scalar(select(func.count()).select_from(Edge).where(Edge.parent_id == row_id)) or 0
+
+    def variants(self, refs: Iterable[str]) -> dict[str, LineageVariant]:
+        """The variants of these refs, by ref, in one query per batch; a ref not in the store is absent.
+
+        For a few dozen refs at once (the children a lineage picture shows), where one `get`
+        each would cost a session and a query apiece.
+        """
+        keys = builtins.list(dict.fromkeys(parse_ref(ref) for ref in refs))
+        out: dict[str, LineageVariant] = {}
+        with self.session_scope() as session:
+            for start in range(0, len(keys), _REF_BATCH):
+                # One (name, version) test per ref, OR-ed: SQLite answers each from the unique index,
+                # where a row-value IN list would scan the whole table.
+                wanted = or_(*(and_(Variant.name == name, Variant.version == version)
+                               for name, version in keys[start:start + _REF_BATCH]))
+                query = select(*Variant.__table__.columns).where(wanted)
+                out.update((row.ref, row) for row in _entities(session, query))
+        return out
 
     def graph(
         self, name: str, version: int, *, descendants: bool = True, generations: int | None = None

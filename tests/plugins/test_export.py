@@ -132,6 +132,30 @@ def test_hf_export_imports_back_with_the_same_outputs_and_its_origin(exported, r
     assert generation.generate(lm, [case["token_ids"]], max_new_tokens=16)[0].token_ids == case["greedy_16"]
 
 
+def test_hf_export_carries_the_model_card_of_the_variant_it_holds(exported, text_file, tmp_path):
+    from huggingface_hub import ModelCard
+
+    reg, _, outside = exported
+    held_out = outside / "eval.txt"
+    # A variant with a parent, so that the card has a base model: the cheapest fine-tune there is.
+    tuned = reg.run("finetune", "fx/1", name="fx-tuned", data=[str(text_file)], steps=1, batch_size=1, seq_len=16,
+                    val_split=0.0)
+    reg.run("export", tuned, name="fx-tuned-hf", format="hf", out=str(tmp_path / "hf"), eval_data=[str(held_out)],
+            new_tokens=2)
+    card = ModelCard.load(tmp_path / "hf" / "README.md")
+    assert card.data.base_model == "fx/1" and card.data.base_model_relation == "finetune"
+    assert card.data.gpt2_registry["ref"] == tuned.ref and card.data.gpt2_registry["relation"] == "finetune"
+    assert card.data.library_name == "transformers"  # the folder is a transformers checkpoint
+    assert card.data.datasets == [text_file.name]
+    (result,) = [r for r in card.data.eval_results if r.dataset_name == "eval.txt"]
+    assert result.metric_type == "perplexity" and result.metric_value > 1 and result.dataset_revision
+    assert "- `fx/1` → `fx-tuned/1` (this variant): finetune:" in card.text
+    assert "top-1 agreement 100.0%" in card.text
+    # The card is one of the files logged with the export, not only a copy beside them.
+    assert (reg.preset_path(reg.get("fx-tuned-hf")) / "README.md").read_text(encoding="utf-8") == \
+        (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+
+
 def test_keras_export_imported_elsewhere_records_where_it_came_from(exported, tmp_path):
     reg, variants, outside = exported
     elsewhere = Registry(tmp_path / "other-home")

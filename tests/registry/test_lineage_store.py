@@ -201,6 +201,15 @@ def test_parents_and_children(family):
         family.parents("ghost", 1)
 
 
+def test_variants_reads_many_refs_at_once(family):
+    found = family.variants(["chat-lora/1", "base/1", "chat-lora/1", "ghost/1", "chat/7"])
+    assert set(found) == {"base/1", "chat-lora/1"}  # each once; refs not in the store are absent
+    assert found["chat-lora/1"] == family.get("chat-lora", 1) and found["base/1"] == family.get("base", 1)
+    assert family.variants([]) == {}
+    with pytest.raises(UsageError):
+        family.variants(["no-version"])
+
+
 def test_graph(family):
     variants, edges = family.graph("chat-lora", 1)
     # Ancestors and descendants only: distilled and small are chat's other branch.

@@ -86,7 +86,8 @@ def artifact_locations(home) -> list[str]:
         for table, column in MLFLOW_LOCATIONS:
             rows = mlflow_db.execute(f"SELECT {column} FROM {table}" + (" WHERE name = 'gpt2reg'"
                                                                          if table == "experiments" else ""))
-            found += [row[0] for row in rows if row[0]]
+            # A `models:/<id>` source names a logged model, whose own location is listed with it.
+            found += [row[0] for row in rows if row[0] and not row[0].startswith("models:/")]
     with sqlite3.connect(home / "lineage.db") as lineage_db:
         found += [row[0] for row in lineage_db.execute("SELECT artifact_uri FROM variants") if row[0]]
     return found
@@ -122,7 +123,10 @@ def test_doctor_reports_a_moved_home_and_relocate_rewrites_it(built, moved, gpt2
     rewritten = report["relocated"]["rewritten"]
     assert rewritten["experiments.artifact_location"] == 1
     assert rewritten["runs.artifact_uri"] == rewritten["lineage.variants.artifact_uri"] == 5
-    assert rewritten["model_versions.source"] == 5
+    # A full variant's version comes from its logged model (source `models:/<id>`); the others from their runs.
+    logged = rewritten["logged_models.artifact_location"]
+    assert logged >= 1 and rewritten["model_versions.source"] + logged == 5
+    assert rewritten["model_versions.storage_location"] == 5
     locations = artifact_locations(moved)
     assert len(locations) == len(before) and all(str(moved / "artifacts") in loc for loc in locations)
 

@@ -48,6 +48,48 @@ def test_quickstart_registers_every_step_and_halves_perplexity(gpt2reg, tmp_path
     assert [row["ref"] for row in summary["comparison"]["variants"]] == [
         base["ref"], tuned["ref"], merged["ref"], quantized["ref"], student["ref"]]
 
+    check_mlflow_sees_the_variants_as_models(home, summary)
+
+
+def check_mlflow_sees_the_variants_as_models(home, summary):
+    """What an MLflow 3 user finds: the model-training view, a logged model per full variant ranked by
+    held-out perplexity, the data sets each run used, versions made from logged models, model cards."""
+    from huggingface_hub import ModelCard
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelStatus
+
+    from registry.tracking import local_path
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", registry_uri=f"sqlite:///{home / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("gpt2reg")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    ranked = client.search_logged_models(experiment_ids=[experiment.experiment_id],
+                                         order_by=[{"field_name": "metrics.perplexity", "ascending": True}])
+    full = [v for v in summary["variants"] if v["kind"] == "full"]
+    assert len(full) == 5
+    assert [model.name for model in ranked] == [v["name"] for v in sorted(full, key=lambda v: v["metrics"]["perplexity"])]
+    by_name = {v["name"]: v for v in full}
+    for model in ranked:
+        variant = by_name[model.name]
+        assert model.status == LoggedModelStatus.READY and model.source_run_id == variant["run_id"]
+        perplexity = [m for m in model.metrics if m.key == "perplexity"][-1]
+        assert perplexity.value == pytest.approx(variant["metrics"]["perplexity"], rel=1e-6)
+        assert perplexity.dataset_name == "heldout.txt" and len(perplexity.dataset_digest) == 16
+        version = client.get_model_version(model.name, str(variant["version"]))
+        assert version.source == f"models:/{model.model_id}"
+        card = ModelCard.load(local_path(model.artifact_location) / "README.md")
+        assert card.data.gpt2_registry["ref"] == variant["ref"]
+        if variant["parents"]:
+            assert card.data.base_model == variant["parents"][0]
+
+    tuned = by_name[summary["variants"][1]["name"]]
+    inputs = client.get_run(tuned["run_id"]).inputs.dataset_inputs
+    roles = {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"] for i in inputs}
+    assert roles == {"train.txt": "training", "heldout.txt": "validation"}
+    edge = summary["lineage"]["edges"][0]
+    assert {d["name"]: d["context"] for d in edge["settings"]["datasets"]} == roles
+    assert {d["digest"] for d in edge["settings"]["datasets"]} == {i.dataset.digest for i in inputs}
+
 
 def test_quickstart_refuses_a_held_out_text_too_short_to_measure(gpt2reg, tmp_path):
     result = gpt2reg("quickstart", "--heldout-tokens", 100, "--home", tmp_path / "home")

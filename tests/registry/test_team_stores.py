@@ -143,7 +143,11 @@ def test_doctor_finds_the_shared_stores_consistent_and_ui_points_at_the_server(t
     ui = gpt2reg("ui", *team.options(team.bob))
     assert ui.exit_code == 0, ui
     assert team.tracking_uri in ui.stdout  # the server is the UI: nothing else to start
-    assert gpt2reg("ui", *team.options(team.bob), "--json").json() == {"url": team.tracking_uri, "started": False}
+    shown = gpt2reg("ui", *team.options(team.bob), "--json").json()
+    assert {key: shown[key] for key in ("url", "started")} == {"url": team.tracking_uri, "started": False}
+    # The registry's experiment, in MLflow's model-training view, on the server itself.
+    assert shown["experiment_url"].startswith(f"{team.tracking_uri}/#/experiments/")
+    assert shown["experiment_url"].endswith("?workflowType=machine_learning")
 
 
 def test_a_removed_run_s_files_are_removed_from_the_server(team):

@@ -25,9 +25,11 @@ class UiServer:
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
-    def output(self) -> str:
+    def output(self, last: int | None = 3000) -> str:
+        """What the server printed: its last `last` characters (None: all of it)."""
         self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-3000:]
+        text = self.log.read().decode(errors="replace")
+        return text if last is None else text[-last:]
 
     def registered_models(self, timeout: float = 300) -> list[str]:
         """The names the server's registry API lists, once it answers (MLflow starts several
@@ -157,6 +159,20 @@ def test_a_parents_picture_draws_its_newest_children_and_counts_the_others(tmp_p
     children, drawn = _drawn_children(reg, "base/1")
     assert children == ["child/3", "child/4"]
     assert drawn["children"] == 4 and drawn["omitted_children"] == {"base/1": 2}
+    # The children are read together, and each is drawn with the document a read of it alone gives.
+    documents = {node["ref"]: node for node in drawn["nodes"]}
+    assert [documents[ref] for ref in children] == [json.loads(json.dumps(reg.get(ref).to_dict(), default=str))
+                                                    for ref in children]
+    # Saved with a palette: the picture keeps its layout's size (2 generations; 2 children and "+2 more")
+    # and its fills exactly (the parent's highlight, a child's, the "+N more" node's, the background).
+    from PIL import Image
+
+    from registry.lineage_picture import COLUMN_WIDTH, MARGIN, ROW_HEIGHT
+
+    with Image.open(reg.tracker.client.download_artifacts(reg.get("base/1").run_id, "lineage/lineage.png")) as picture:
+        assert picture.mode == "P" and picture.size == (2 * MARGIN + 2 * COLUMN_WIDTH, 2 * MARGIN + 3 * ROW_HEIGHT)
+        colours = {colour for _, colour in picture.convert("RGB").getcolors(256)}
+    assert {(0xff, 0xe8, 0xb0), (0xe8, 0xf0, 0xff), (0xee, 0xee, 0xee), (0xff, 0xff, 0xff)} <= colours
     # A child's own picture draws its ancestry.
     assert _drawn_children(reg, "child/4")[1]["edges"][-1] == {
         "parent": "base/1", "child": "child/4", "operation": "finetune", "role": "parent"}

@@ -2,9 +2,10 @@
 
 A short quickstart-like run (create, fine-tune, LoRA adapter, merge on the
 `tiny` model) makes a family; `gpt2reg ui` serves it, and headless Chromium
-(Debian's `chromium`, driven by Playwright) opens the registered models page,
-a model version's page and its link to the parent version, and the run page
-of a variant with a parent and a child. Screenshots are saved to
+(Debian's `chromium`, driven by Playwright) opens the experiment at the address
+`gpt2reg ui` prints, the registered models page, a model version's page and its
+link to the parent version, a variant's logged model, and the run page of a
+variant with a parent and a child. Screenshots are saved to
 `test-output/mlflow-ui/` at the repository root.
 """
 
@@ -35,10 +36,12 @@ def family(tmp_path_factory, text_file):
     from registry import Registry
 
     home = tmp_path_factory.mktemp("ui-family")
+    heldout = home.parent / "heldout.txt"
+    heldout.write_text(text_file.read_text(encoding="utf-8")[:2000], encoding="utf-8")
     reg = Registry(home).init()
     server = UiServer(home)  # starts while the variants are made: MLflow's start-up overlaps the training
     try:
-        training = {"data": [str(text_file)], "steps": 2, "batch_size": 2, "seq_len": 32, "val_split": 0,
+        training = {"data": [str(text_file)], "val_data": [str(heldout)], "steps": 2, "batch_size": 2, "seq_len": 32,
                     "checkpoint_every": 0}
         base = reg.create("base", config="tiny", seed=0)
         tuned = reg.run("finetune", base, **training)
@@ -164,3 +167,51 @@ def test_a_run_page_shows_the_lineage_picture_and_the_sample_generations(family,
     page.get_by_text("samples.json", exact=True).click()
     page.get_by_role("cell", name="The meaning of life is", exact=True).wait_for()  # shown as a table
     _screenshot(page, "run-with-sample-generations.png")
+
+
+def test_the_experiment_opens_in_the_model_training_view(family, page):
+    """The address `gpt2reg ui` prints opens the runs and their models, not MLflow 3's GenAI overview."""
+    import re
+
+    reg, server = family
+    server.registered_models()
+    printed = re.search(r"the registry's experiment: (\S+)", server.output(last=None))
+    assert printed, server.output(last=None)[:3000]
+    page.goto(printed.group(1))
+    page.get_by_text("base-finetune (finetune)", exact=True).first.wait_for()  # a run, in the runs table
+    assert "/runs" in page.url and "workflowType=machine_learning" in page.url
+    page.get_by_text("Models", exact=True).first.wait_for()  # the view's own pages: runs, models
+    assert page.get_by_text("No data available for the selected time range").count() == 0  # not the GenAI overview
+    _dismiss_announcements(page)
+    _screenshot(page, "experiment-model-training-view.png")
+
+
+def test_a_logged_model_shows_its_perplexity_and_its_data_sets(family, page):
+    """A full variant is an MLflow logged model: its page lists its figures, each with the data set it was
+    measured on (the training loss on the training text, the perplexity on the held-out text)."""
+    reg, server = family
+    server.registered_models()
+    tuned = reg.get("base-finetune/1")
+    (model,) = reg.tracker.logged_models_of(tuned.run_id)
+    page.goto(f"{server.url}/#/experiments/{reg.tracker.experiment_id}/models/{model.model_id}")
+    page.get_by_text("perplexity", exact=True).first.wait_for()
+    assert str(tuned.metrics["perplexity"])[:5] in page.inner_text("body")  # its value (the page may round the tail)
+    page.get_by_text("sample.txt", exact=False).first.wait_for()  # the training data set
+    page.get_by_text("heldout.txt", exact=False).first.wait_for()  # the held-out one
+    page.get_by_text("Model versions", exact=True).wait_for()
+    assert "Model versions\nbase-finetune\nv1" in page.inner_text("body")  # the version made from it
+    _dismiss_announcements(page)
+    _screenshot(page, "logged-model-with-metrics-and-data-sets.png")
+
+
+def test_a_version_page_shows_its_figures_and_its_logged_model(family, page):
+    reg, server = family
+    server.registered_models()
+    tuned = reg.get("base-finetune/1")
+    page.goto(f"{server.url}/#/models/base-finetune/versions/1")
+    page.get_by_text("measured on", exact=True).wait_for()  # the description's table of figures
+    page.get_by_role("cell", name="perplexity", exact=True).wait_for()
+    page.get_by_role("cell", name=f"{tuned.metrics['perplexity']:,.4g}", exact=True).wait_for()
+    page.get_by_text("Source Model", exact=False).first.wait_for()  # MLflow links the version to its logged model
+    _dismiss_announcements(page)
+    _screenshot(page, "version-with-figures.png")
