@@ -5,7 +5,7 @@ what the time goes to, so that the two homes can be compared call by call (the s
 number of `open` and `mkdir` calls, for example, taking longer in one home). The home
 is put back as it was, as `store_scale.py` does.
 
-    python bench/registration_profile.py HOME [PARENT] [--registrations 5] [--sync]
+    python bench/registration_profile.py HOME [PARENT] [--registrations 5] [--sync] [--sort cumulative]
 
 `HOME`: a home seeded by `bench/store_scale.py --home DIR` (`DIR/variants-10000`, ...).
 `--sync`: flush the disk's pending writes (the databases' backup) before the profiled ones.
@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--registrations", type=int, default=5)
     parser.add_argument("--sync", action="store_true")
     parser.add_argument("--lines", type=int, default=25)
+    parser.add_argument("--sort", default="tottime", help="pstats order: tottime (own time) or cumulative")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
 
@@ -59,7 +60,7 @@ def main() -> None:
         profile.disable()
         reg.close()
         report = io.StringIO()
-        pstats.Stats(profile, stream=report).sort_stats("tottime").print_stats(args.lines)
+        pstats.Stats(profile, stream=report).sort_stats(args.sort).print_stats(args.lines)
         print(f"{args.registrations} registrations from {args.parent} in {home}")
         print(report.getvalue())
     finally:
