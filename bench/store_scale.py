@@ -50,7 +50,9 @@ later one from the version before.
 commit before a change: `git archive COMMIT | tar -x -C DIR`.
 
 `--home DIR` keeps the seeded homes in DIR (one folder per size) and reuses
-them on the next run. Goals: each read under 0.5 s; a registration in the big
+them on the next run. For the registration rows, seed anew (an empty DIR): each run
+makes and removes run folders in the big home's `artifacts/`, and after about ten
+runs file creation there was measured 4 to 6 times slower than in a fresh home. Goals: each read under 0.5 s; a registration in the big
 home no slower than in the smallest one (within 25 %, for timing noise). Each
 figure is the median wall time and the median CPU time (user + system) of the
 process; the goals are judged on CPU time, which other work on the machine
