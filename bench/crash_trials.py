@@ -9,8 +9,9 @@ imported from a Hugging Face checkpoint) and kills its process group:
   again from any run that finishes before its kill, so that D follows the
   machine's load), or
 - at a point of the work, found by polling the home with a short interval:
-  its staging folder appears, a training checkpoint appears, the MLflow run
-  appears, the model version appears, the lineage row commits.
+  its staging folder appears, the MLflow run appears (the work begins), a
+  training checkpoint appears, the model version appears, the lineage row
+  commits.
 
 After each kill (and after the process is gone) the trial checks what a user
 would check:
@@ -20,8 +21,9 @@ would check:
    every variant made before the kill is still there with the same content
    hash, and at most the killed one is new.
 2. `gpt2reg doctor --json` is clean, or `doctor --repair` repairs every
-   problem it names and a second `doctor` is clean; an independent check
-   (rows, runs, artifact folders, staging) then finds nothing half-made.
+   problem it names and a second `doctor` is clean (the killed process's run
+   is then ended as KILLED, its files removed); an independent check (rows,
+   runs, artifact folders, staging) then finds nothing half-made.
 3. The killed command run again succeeds: a training command with
    `--resume` when it left a checkpoint (before `--repair`, which would remove
    it: the doctor's own advice), the others plainly.
@@ -63,11 +65,12 @@ FIXTURE = REPO.parent / "shared" / "fixtures" / "hf-gpt2-tiny"  # the tests' tin
 OPERATIONS = ("finetune", "lora", "merge", "quantize", "export")
 TRAINING = ("finetune", "lora")
 # Points of the work a trial can kill at, in the order a run reaches them.
-POINTS = {op: ("staging", *(("checkpoint",) if op in TRAINING else ()), "run", "version", "lineage")
+# The MLflow run begins with the work, right after the staging folder.
+POINTS = {op: ("staging", "run", *(("checkpoint",) if op in TRAINING else ()), "version", "lineage")
           for op in OPERATIONS}
 # Where a killed process had got to, judged from what it left (the furthest first).
-PHASES = ("lineage row committed", "model version registered", "MLflow run started", "checkpoint written",
-          "working (staging folder)", "starting up", "finished before the kill")
+PHASES = ("lineage row committed", "model version registered", "checkpoint written", "working (MLflow run started)",
+          "staging folder made", "starting up", "finished before the kill")
 POLL_S = 0.002  # between two looks at the home while waiting for a point
 TEXT = ("The cat sat on the mat and looked at the garden. A dog ran past the gate, then slept under the "
         "old tree by the river. ")
@@ -208,9 +211,9 @@ def phase_reached(home: Path, before: Marks) -> str:
         return PHASES[0]
     if now.versions > before.versions:
         return PHASES[1]
-    if now.runs > before.runs:
-        return PHASES[2]
     if checkpoint_steps(home):
+        return PHASES[2]
+    if now.runs > before.runs:
         return PHASES[3]
     if staging_entries(home):
         return PHASES[4]

@@ -169,6 +169,9 @@ class Finetune(Capability):
             lm = trainee.result
 
             def on_step(step, loss, tokens_per_second, learning_rate, val_loss):
+                # The same names as the curves in `report.history`: the core logs each point once.
+                context.log_step(step, train_loss=loss, learning_rate=learning_rate,
+                                 tokens_per_second=tokens_per_second, val_loss=val_loss)
                 context.progress(step=step, total=steps, loss=loss, tokens_per_second=tokens_per_second)
 
             report = training.train(

@@ -130,6 +130,15 @@ class RunContext:
     # (the SDK's `Registry` is one). Passed by the core for the same reason as `hook`: the SDK sits above this module.
     variants: Any = None
     home: Any = None  # the registry's `registry.home.Home`: where its stores and work folders are
+    # Where `log_step` sends its figures: the core's run of the work (`registry.recorder.RunInProgress`).
+    step_sink: Callable[..., None] | None = None
+
+    def log_step(self, step: int, **values: float | None) -> None:
+        """Figures at one step of long work (``train_loss=..., learning_rate=...``), streamed by the core
+        into the work's MLflow run as it goes, so that the UI shows the curves while it trains. The
+        capability still returns its whole curves in `CapabilityResult.history`; the core logs each point once."""
+        if self.step_sink is not None:
+            self.step_sink(step, **values)
 
     def _reader(self):
         if self.variants is None:

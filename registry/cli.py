@@ -111,10 +111,25 @@ def _command_name(argv) -> str | None:
     return None
 
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (`kill`, a scheduler stopping a job) ends a command as Ctrl-C does: the work's MLflow run
+    is ended as KILLED with its last figures and nothing half-made is left, where Python's default
+    would end the process at once."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def _main(argv) -> None:
     from backends import quiet  # before any plugin or command can import TensorFlow
 
     quiet.install()
+    _terminate_as_interrupt()
     with_plugins = _command_name(argv) not in STORE_READS
     if with_plugins:
         _register_capability_commands()
@@ -129,7 +144,10 @@ def _main(argv) -> None:
         cli.main(args=argv, prog_name="gpt2reg", standalone_mode=False)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as abort:
+        if isinstance(abort.__context__, KeyboardInterrupt):  # click's word for Ctrl-C (and SIGTERM, above)
+            click.echo("interrupted", err=True)
+            sys.exit(130)
         click.echo("aborted", err=True)
         sys.exit(1)
     except click.ClickException as error:

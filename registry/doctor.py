@@ -3,7 +3,8 @@
 A variant is complete when its lineage row exists, its MLflow model version
 exists and is READY, and its weight files hash to the recorded content hash.
 The lineage row is written last, so a model version or run without one is
-debris from an interrupted registration, unless the registration is still
+debris from an interrupted registration (repair removes the files and versions
+it made and ends its run as KILLED, keeping its params and figures), unless the registration is still
 going on: everything a registration, a run or a download makes before its
 end names a lease (`registry.leases`), and what names a live lease is listed
 under "running", never repaired.
@@ -48,10 +49,13 @@ def run_doctor(reg, *, repair: bool = False) -> dict:
     runs = {run.info.run_id: run for run in tracker.search_runs()}
 
     def report(kind: str, detail: str, fix: Callable[[], object] | None = None, *,
-               live: Callable[[], bool] = lambda: False, still_debris: Callable[[], bool] = lambda: True) -> None:
-        """One finding; judged now (lease first, then the stores again), not from the listing."""
+               live: Callable[[], bool] = lambda: False, still_debris: Callable[[], bool] = lambda: True,
+               live_as: tuple[str, str] | None = None) -> None:
+        """One finding; judged now (lease first, then the stores again), not from the listing.
+        `live_as`: what and detail to list under running, where they differ from the debris's."""
         if live():
-            running.append({"kind": "in-progress", "what": kind, "detail": detail})
+            what, detail = live_as or (kind, detail)
+            running.append({"kind": "in-progress", "what": what, "detail": detail})
             return
         if not still_debris():
             return  # finished (committed) since the listing
@@ -101,7 +105,7 @@ def run_doctor(reg, *, repair: bool = False) -> dict:
         if key not in rows and (version.tags or {}).get("gpt2reg.operation"):
             report("half-made-version", f"{key[0]}/{key[1]} is registered in MLflow but has no lineage row"
                    + _lease_note(version.tags),
-                   lambda key=key, version=version: (tracker.delete_version(*key), tracker.delete_run(version.run_id)),
+                   lambda key=key, version=version: (tracker.delete_version(*key), _end_as_killed(tracker, version.run_id)),
                    live=lambda version=version: run_is_live(version.run_id)
                    or leases.is_live(home, (version.tags or {}).get(LEASE_TAG)),
                    still_debris=lambda key=key: lineage.get(*key) is None)
@@ -112,8 +116,11 @@ def run_doctor(reg, *, repair: bool = False) -> dict:
         if run.info.run_id not in used_runs and run.data.tags.get("gpt2reg.operation"):
             report("orphan-run", f"MLflow run {run.info.run_id} ({run.info.run_name}, {run.info.status}) made no "
                    "variant" + _lease_note(run.data.tags),
-                   lambda run=run: tracker.delete_run(run.info.run_id),
+                   lambda run=run: _end_as_killed(tracker, run.info.run_id),
                    live=lambda run=run: run_is_live(run.info.run_id),
+                   # A capability's run begins with its work: a live one is working, not orphaned.
+                   live_as=("run", f"MLflow run {run.info.run_id} ({run.info.run_name}) is working"
+                            + _lease_note(run.data.tags)),
                    still_debris=lambda run=run: run.info.run_id not in committed_runs())
     for folder in _run_artifact_folders(home.artifact_root, tracker.experiment_id):
         if folder.name not in runs:
@@ -194,6 +201,22 @@ def _remove_work_folder(folder: Path) -> None:
     if partial is not None:
         shutil.rmtree(partial, ignore_errors=True)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+KILLED_NOTE = "the process ended before the variant was registered (found by gpt2reg doctor)"
+
+
+def _end_as_killed(tracker, run_id: str) -> None:
+    """A dead process's run, as its process would have ended it had it been interrupted: KILLED, with
+    its params and the figures it streamed; the files it had logged are part of no variant and go."""
+    from mlflow.exceptions import MlflowException
+
+    tracker.delete_run_files(run_id)
+    try:
+        tracker.set_run_tags(run_id, {"gpt2reg.error": KILLED_NOTE})
+        tracker.finish_run(run_id, status="KILLED")
+    except MlflowException:  # deleted meanwhile: nothing left to end
+        pass
 
 
 def _lease_note(tags: dict | None) -> str:

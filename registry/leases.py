@@ -142,6 +142,11 @@ def cover(folder: Path, lease: Lease) -> None:
     _covering[folder] = lease
 
 
+def lease_of(folder: Path) -> Lease | None:
+    """The lease `cover` noted for `folder`, if any."""
+    return _covering.get(folder)
+
+
 def uncover(folder: Path) -> None:
     _covering.pop(folder, None)
 

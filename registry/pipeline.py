@@ -5,8 +5,10 @@ to `Pipeline.run`, which finds the capability and checks its options, names the
 new variant, calls the plugins' ``before_run``, ``after_run`` and ``on_run_error``
 hooks, gives the capability a work folder (a staging folder in the home when it
 makes a variant), lets only the chief of a multi-worker run record, and has the
-result recorded (`registry.recorder`): a failure as a FAILED run, a new variant
-together with its copy to ``--out``, both or neither.
+work recorded (`registry.recorder`): its MLflow run begins with the work (RUNNING,
+options, data sets, figures streamed as it goes) and ends with a new variant
+together with its copy to ``--out``, both or neither, or as FAILED, or KILLED
+when interrupted.
 
 The pipeline knows the registry only through the parts it is given: the home,
 a reader of its variants and a way to open its recorder. `Registry.create` and
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from registry import artifacts, datasets, references
+from registry import options as options_module
 from registry.artifacts import MANIFEST
 from registry.capability import CapabilityResult, Progress, RunContext, check_result, plugin_code
 from registry.errors import NotFoundError, RegistryError, UsageError
@@ -32,7 +35,7 @@ from registry.home import Home
 from registry.variant import Variant
 
 if TYPE_CHECKING:
-    from registry.recorder import Recorder
+    from registry.recorder import Recorder, RunInProgress
 
 
 class VariantReader(Protocol):
@@ -127,8 +130,14 @@ class Pipeline:
             if cap.makes_variant:
                 recorder = self.open_recorder()
                 with self.staging() as staging:
-                    context = self._context(parent, staging, device, checkpoints=self.home.checkpoints)
                     chief = is_chief(device)
+                    # The run spans the work: RUNNING from here, with the options and data sets, and the
+                    # figures the capability reports as it goes. Only the chief records.
+                    started = (recorder.begin(name=name, operation=cap.operation, parent=parent,
+                                              options=options_module.as_dict(checked), uses=uses, staging=staging)
+                               if chief else None)
+                    context = self._context(parent, staging, device, checkpoints=self.home.checkpoints,
+                                            step_sink=started.log_step if started else None)
                     if not chief:
                         # Every worker trains its share; only the chief writes checkpoints and records.
                         context.checkpoints = None
@@ -136,23 +145,30 @@ class Pipeline:
                         with plugin_code(provider, capability):
                             result = check_result(cap, cap.run(context, checked))
                         result.datasets = uses
+                        if not chief:
+                            plugins.call_each("after_run", capability=cap, variant=parent, result=result,
+                                              new_variant=None)
+                            return result
+                        parents = ([(parent, cap.parent_role), *result.other_parents] if parent
+                                   else list(result.other_parents))
+                        new = record_and_deliver(recorder, name=name, operation=cap.operation, parents=parents,
+                                                 result=result, staging=staging, kind=cap.variant_kind,
+                                                 allow_nonfinite=allow_nonfinite, started=started)
                     except UsageError:
-                        raise  # bad input: nothing worth a run record
-                    except Exception as failure:
-                        if chief:
+                        if started is not None:  # bad input: nothing worth a run record
+                            _quietly(recorder.discard, started)
+                        raise
+                    except BaseException as failure:
+                        if started is not None and disk_full(failure):
+                            # Nothing more can be written: the store is left as it was (see `staging`).
+                            _quietly(recorder.discard, started)
+                        elif started is not None:
                             try:
                                 recorder.record_failure(name=name, operation=cap.operation, parent=parent,
-                                                        failure=failure, datasets=uses)
+                                                        failure=failure, datasets=uses, started=started)
                             except Exception as recording_error:  # the run's own error matters more
                                 failure.add_note(f"the failed run could not be recorded: {recording_error!r}")
                         raise
-                    if not chief:
-                        plugins.call_each("after_run", capability=cap, variant=parent, result=result, new_variant=None)
-                        return result
-                    parents = [(parent, cap.parent_role), *result.other_parents] if parent else list(result.other_parents)
-                    new = record_and_deliver(recorder, name=name, operation=cap.operation, parents=parents,
-                                             result=result, staging=staging, kind=cap.variant_kind,
-                                             allow_nonfinite=allow_nonfinite)
                     for folder in result.discard_after_record:
                         shutil.rmtree(folder, ignore_errors=True)
             else:
@@ -169,12 +185,12 @@ class Pipeline:
         return new if new is not None else result
 
     def _context(self, parent: Variant | None, workdir: Path, device: str, *,
-                 checkpoints: Path | None = None) -> RunContext:
+                 checkpoints: Path | None = None, step_sink=None) -> RunContext:
         from registry import plugins
 
         return RunContext(variant=parent, workdir=workdir, progress=self.progress, device=device,
                           checkpoints=checkpoints, hook=plugins.load_plugins().hook, variants=self.variants,
-                          home=self.home)
+                          home=self.home, step_sink=step_sink)
 
     @contextmanager
     def staging(self) -> Iterator[Path]:
@@ -242,15 +258,25 @@ def check_finite_weights(result: CapabilityResult, allow_nonfinite: bool) -> Non
     result.tags["warning"] = f"nonfinite-weights: {found}"
 
 
+def _quietly(action: Callable, *args) -> None:
+    """Tidying up after a failure, whose own error matters more than the tidying's."""
+    try:
+        action(*args)
+    except Exception:
+        pass
+
+
 def record_and_deliver(recorder: Recorder, *, name: str, operation: str, parents: list,
-                       result: CapabilityResult, staging: Path, kind: str, allow_nonfinite: bool = False) -> Variant:
-    """Record the result, once its weights are checked; copy it to `result.deliver_to` too, both or neither."""
+                       result: CapabilityResult, staging: Path, kind: str, allow_nonfinite: bool = False,
+                       started: RunInProgress | None = None) -> Variant:
+    """Record the result, once its weights are checked; copy it to `result.deliver_to` too, both or neither.
+    `started`: the run of the work, which the variant's record ends."""
     check_finite_weights(result, allow_nonfinite)
     partial = (artifacts.stage_delivery(result.preset_dir, result.deliver_to, staging=staging)
                if result.deliver_to else None)
     try:
         new = recorder.record(name=name, operation=operation, parents=parents, result=result,
-                              staging=staging, kind=kind)
+                              staging=staging, kind=kind, started=started)
         if partial is not None:
             # The recorder wrote the manifest after the copy was staged; the delivered copy
             # gets it with the variant's ref added, so importing it back can link to it.

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from registry import artifacts, datasets, leases, serving
 from registry.artifacts import MANIFEST, MODEL_ARTIFACT, weights_path
 from registry.capability import CapabilityResult
-from registry.tracking import TAG_PREFIX
+from registry.tracking import TAG_PREFIX, param_values
 from registry.lineage_graph import LineageEdge, LineageGraph, LineageNode, read_lineage
 from registry.variant import Variant, variant_from_row
 
@@ -61,6 +61,80 @@ def metric_deltas(child: dict[str, float], parent: dict[str, float]) -> dict[str
     }
 
 
+class RunInProgress:
+    """An MLflow run begun when a capability starts its work (`Recorder.begin`): status RUNNING, its
+    options as params and its data sets as inputs, a heartbeat where the store is a server's, and the
+    figures the capability reports as it works (`log_step`) streamed in, so that the UI shows a long
+    run as it goes. `Recorder.record` ends it with the variant; `Recorder.record_failure` as failed or
+    killed; `Recorder.discard` deletes it (bad input is no run worth keeping).
+    """
+
+    # Points reach the store in batches: the first as soon as there is one to write (the UI shows the
+    # run's curves from its first steps), then at most one write per this many seconds.
+    FLUSH_SECONDS = 2.0
+
+    def __init__(self, tracker: "Tracker", run, params: dict[str, str], heartbeat: leases.Heartbeat):
+        self.tracker = tracker
+        self.run = run
+        self.run_id: str = run.info.run_id
+        self.params = params  # as logged, for `Recorder.record` to add only what the work decided
+        self.heartbeat = heartbeat
+        self.streamed: dict[str, set[int]] = {}  # metric -> the steps written so far
+        self._pending: list = []
+        self._written_at: float | None = None
+
+    def log_step(self, step: int, **values: float | None) -> None:
+        """Figures at one step of the work (``train_loss=..., learning_rate=...``); None and non-finite
+        values are left out."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = time.time()
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._pending.append(Metric(key, float(value), int(now * 1000), int(step)))
+        if self._written_at is None or now - self._written_at >= self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self, hold: set[str] | None = None) -> None:
+        """Write the pending points but the newest of each curve in `hold` (of every curve by default).
+
+        A curve's newest point waits: the run's end logs each curve's last point once, as the variant's
+        figure (with its model and data set), and MLflow would otherwise show that step twice. A store
+        that fails a write loses those points from the stream, never the work: the end logs them.
+        """
+        import time
+
+        newest = {}
+        for index, point in enumerate(self._pending):
+            if hold is None or point.key in hold:
+                newest[point.key] = index
+        held = set(newest.values())
+        points = [point for index, point in enumerate(self._pending) if index not in held]
+        self._pending = [point for index, point in enumerate(self._pending) if index in held]
+        if not points:
+            return
+        self._written_at = time.time()
+        for start in range(0, len(points), 1000):  # MLflow's log_batch limit
+            batch = points[start : start + 1000]
+            try:
+                self.tracker.client.log_batch(self.run_id, metrics=batch)
+            except Exception as error:
+                from registry.errors import masked
+
+                log.debug("streamed metrics not recorded: %s", masked(str(error)))
+                continue
+            for point in batch:
+                self.streamed.setdefault(point.key, set()).add(point.step)
+
+    def stop(self, curves: set[str] | frozenset = frozenset()) -> None:
+        """The stream's end: write what is pending but the newest point of each of `curves` (the curves
+        the run's end logs whole), and stop the heartbeat."""
+        self.flush(hold=set(curves))
+        self.heartbeat.stop()
+
+
 class Recorder:
     """Records into one home's stores: its MLflow tracker and its lineage store.
 
@@ -74,6 +148,36 @@ class Recorder:
         self.lineage_store = lineage_store
         self.loader = loader
 
+    def begin(self, *, name: str, operation: str, parent: "Variant | None", options: dict[str, Any],
+              uses: list, staging: Path, lease: leases.Lease | None = None) -> RunInProgress:
+        """The run of a capability that starts its work now, under the lease of its staging folder:
+        RUNNING, with `options` as params and `uses` (`registry.datasets.DataSetUse`) as inputs."""
+        # Runs in a store other than the home's own files carry a heartbeat too: a lease file
+        # on this machine says nothing to a teammate's doctor. Its period is read before the
+        # run starts, so that a bad setting fails before anything is made.
+        period = None if self.home.is_local else leases.heartbeat_seconds()
+        lease = lease or leases.lease_of(staging)
+        tags = {f"{TAG_PREFIX}operation": operation,
+                **({f"{TAG_PREFIX}parent": parent.ref} if parent is not None else {}),
+                **({leases.LEASE_TAG: lease.tag} if lease is not None else {}),
+                **({leases.HEARTBEAT_TAG: leases.heartbeat_now()} if period else {})}
+        tracker = self.tracker
+        run = tracker.start_run(run_name=f"{name} ({operation})", tags=tags)
+        run_id = run.info.run_id
+        try:
+            params = tracker.log_params(run_id, {"operation": operation, **options})
+            tracker.log_inputs(run_id, uses)
+        except BaseException:
+            tracker.delete_run(run_id)
+            raise
+        heartbeat = leases.Heartbeat(lambda now: tracker.set_run_tag(run_id, leases.HEARTBEAT_TAG, now), period)
+        return RunInProgress(tracker, run, params, heartbeat.start())
+
+    def discard(self, started: RunInProgress) -> None:
+        """Delete a begun run that made nothing worth a record (the work stopped on bad input)."""
+        started.heartbeat.stop()
+        self.tracker.delete_run(started.run_id)
+
     def record(
         self,
         *,
@@ -83,6 +187,7 @@ class Recorder:
         result: CapabilityResult,
         staging: Path,
         kind: str = "full",
+        started: RunInProgress | None = None,
     ) -> "Variant":
         """Register `result` as a new version of `name`, whole or not at all (see the module's notes).
 
@@ -92,10 +197,11 @@ class Recorder:
         """
         with leases.covering_lease(self.home, staging) as lease:
             return self._record(name=name, operation=operation, parents=parents, result=result,
-                                staging=staging, kind=kind, lease=lease)
+                                staging=staging, kind=kind, lease=lease, started=started)
 
     def _record(self, *, name: str, operation: str, parents: list[tuple["Variant", str]],
-                result: CapabilityResult, staging: Path, kind: str, lease: leases.Lease) -> "Variant":
+                result: CapabilityResult, staging: Path, kind: str, lease: leases.Lease,
+                started: RunInProgress | None) -> "Variant":
         from backends.configs import parameter_count
 
         tracker = self.tracker
@@ -137,15 +243,13 @@ class Recorder:
             f"{TAG_PREFIX}config": json.dumps(config, sort_keys=True),
             leases.LEASE_TAG: lease.tag,
         }
-        # Runs in a store other than the home's own files carry a heartbeat too: a lease file
-        # on this machine says nothing to a teammate's doctor. Its period is read before the
-        # run starts, so that a bad setting fails before anything is made.
-        period = None if self.home.is_local else leases.heartbeat_seconds()
-        run = tracker.start_run(run_name=f"{name} ({operation})",
-                                tags={**tags, **({leases.HEARTBEAT_TAG: leases.heartbeat_now()} if period else {})})
-        run_id = run.info.run_id
-        heartbeat = leases.Heartbeat(lambda now: tracker.set_run_tag(run_id, leases.HEARTBEAT_TAG, now), period)
-        heartbeat.start()
+        if started is None:  # a variant made outside a capability's run (create, import): its run starts here
+            started = self.begin(name=name, operation=operation, parent=parents[0][0] if parents else None,
+                                 options={}, uses=result.datasets, staging=staging, lease=lease)
+            begun_here = True
+        else:
+            begun_here = False
+        run, run_id, heartbeat = started.run, started.run_id, started.heartbeat
         version = None
         # The data sets on the edge, by digest: two variants trained on different data are told apart.
         settings = {**result.settings, **({"datasets": [use.to_dict() for use in result.datasets]}
@@ -161,8 +265,14 @@ class Recorder:
                 deltas.update(metric_deltas(metrics, result.parent_metrics))
             edges.append((parent.ref, role, settings, deltas))
         try:
-            tracker.log_params(run_id, {"operation": operation, **result.settings})
-            tracker.log_inputs(run_id, result.datasets)
+            started.flush(hold=set(result.history))
+            tracker.set_run_tags(run_id, tags)
+            # What the work decided (a default step count, the device) beside the options it was given;
+            # a setting that differs from the option of its name is kept as `<name>.used` (params never change).
+            decided = {key if key not in started.params else f"{key}.used": value
+                       for key, value in param_values({"operation": operation, **result.settings}).items()
+                       if started.params.get(key) != value}
+            tracker.log_params(run_id, decided)
             # A tracking server keeps a full variant's files once, as its logged model's (below); a home's
             # own store keeps them in the run, and the logged model's are hard links to them.
             if kind != "full" or not self.home.tracking_server:
@@ -177,7 +287,8 @@ class Recorder:
                                                     tags=tags)
                 model_id, source = model.model_id, f"models:/{model.model_id}"
                 tracker.log_model_files(model, model_dir, run_id, artifact_path)
-            tracker.log_metrics(run_id, metrics, result.history, model_id=model_id, datasets=measured_on)
+            tracker.log_metrics(run_id, metrics, result.history, model_id=model_id, datasets=measured_on,
+                                streamed=started.streamed)
             if model_id is not None:
                 tracker.finish_logged_model(model_id)
             for artifact_file, rows in result.tables.items():  # sample generations, shown as tables in the UI
@@ -226,7 +337,10 @@ class Recorder:
             heartbeat.stop()
             if version is not None:
                 tracker.delete_version(name, version)
-            tracker.delete_run(run_id)
+            if begun_here:
+                tracker.delete_run(run_id)
+            else:  # the run of the work stays, to be ended as failed or killed (`record_failure`) with its figures
+                tracker.delete_run_files(run_id)
             raise
         heartbeat.stop()
         # The variant is committed: what follows only redraws its parents' pictures and never undoes it.
@@ -237,8 +351,9 @@ class Recorder:
         return variant_from_row(row, [p.ref for p, _ in parents], loader=self.loader)
 
     def record_failure(self, *, name: str, operation: str, parent: "Variant | None", failure: BaseException,
-                       datasets: list | None = None) -> str:
-        """A FAILED MLflow run with the error and what was measured before it; nothing is registered.
+                       datasets: list | None = None, started: RunInProgress | None = None) -> str:
+        """End the work's run (`started`, else a new one) as FAILED, or KILLED for an interrupted one
+        (Ctrl-C, SIGTERM), with the error and what was measured before it; nothing is registered.
 
         ``failure`` is any exception: a `RunFailed` carries what the capability measured
         (``result``); a `CapabilityFailed` names the plugin, kept as a tag.
@@ -249,22 +364,34 @@ class Recorder:
         result = getattr(failure, "result", None)
         if not isinstance(result, CapabilityResult):
             result = CapabilityResult()
+        killed = isinstance(failure, KeyboardInterrupt)
         # The project's own errors read as sentences; anything else keeps its type.
-        error = str(failure) if isinstance(failure, RegistryError) else one_line(failure)
+        error = ("interrupted before the variant was registered" if killed
+                 else str(failure) if isinstance(failure, RegistryError) else one_line(failure))
         tags = {f"{TAG_PREFIX}operation": operation, f"{TAG_PREFIX}error": error[:5000]}
         if parent is not None:
             tags[f"{TAG_PREFIX}parent"] = parent.ref
         if getattr(failure, "plugin", None):
             tags[f"{TAG_PREFIX}plugin"] = failure.plugin
-        run = tracker.start_run(run_name=f"{name} ({operation}, failed)", tags=tags)
-        run_id = run.info.run_id
+        if started is None:
+            run = tracker.start_run(run_name=f"{name} ({operation}, {'killed' if killed else 'failed'})", tags=tags)
+            run_id, logged, streamed = run.info.run_id, {}, {}
+        else:
+            started.stop(curves=set(result.history))
+            run_id, logged, streamed = started.run_id, started.params, started.streamed
         try:
-            tracker.log_params(run_id, {"operation": operation, **result.settings})
-            tracker.log_inputs(run_id, datasets or [])
+            if started is not None:
+                tracker.set_run_tags(run_id, tags)
+                tracker.client.update_run(run_id, name=f"{name} ({operation}, {'killed' if killed else 'failed'})")
+            tracker.log_params(run_id, {key: value for key, value in
+                                        param_values({"operation": operation, **result.settings}).items()
+                                        if key not in logged})
+            if started is None:
+                tracker.log_inputs(run_id, datasets or [])
             metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-            tracker.log_metrics(run_id, metrics, result.history)
+            tracker.log_metrics(run_id, metrics, result.history, streamed=streamed)
         finally:
-            tracker.finish_run(run_id, status="FAILED")
+            tracker.finish_run(run_id, status="KILLED" if killed else "FAILED")
         return run_id
 
     def log_generation(self, variant: Variant, result: CapabilityResult) -> str:

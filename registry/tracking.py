@@ -96,20 +96,30 @@ class Tracker:
     def start_run(self, run_name: str, tags: dict[str, str]):
         return self.client.create_run(self.experiment_id, run_name=run_name, tags=_masked_tags(tags))
 
-    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+    def log_params(self, run_id: str, params: dict[str, Any]) -> dict[str, str]:
+        """The params as MLflow keeps them (flattened, masked, cut to its length limit); returns what it logged."""
         from mlflow.entities import Param
 
-        # A setting may quote a URL with its password (an import's source): recorded masked.
-        flat = [Param(key, masked(str(value))[:6000]) for key, value in _flatten(params).items()]
+        values = param_values(params)
+        flat = [Param(key, value) for key, value in values.items()]
         for start in range(0, len(flat), _PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=flat[start : start + _PARAMS_PER_BATCH])
+        return values
+
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(key, value) for key, value in _masked_tags(tags).items()])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], history: dict[str, list[tuple[int, float]]] | None = None,
-                    *, model_id: str | None = None, datasets: dict[str, Any] | None = None) -> None:
+                    *, model_id: str | None = None, datasets: dict[str, Any] | None = None,
+                    streamed: dict[str, set[int]] | None = None) -> None:
         """Final values and curves, in batches (one call per 1000 points, not one per point).
 
         With `model_id` the final values are the logged model's figures too (MLflow lists and ranks
         models by them); `datasets` maps a metric to the `registry.datasets.DataSetUse` it was measured on.
+        `streamed`: the steps of each curve the run logged while it worked (`registry.recorder.RunInProgress`),
+        not logged again; a curve's last point still is when it is the model's figure.
         """
         import time
 
@@ -130,10 +140,12 @@ class Tracker:
             for key, value in metrics.items()
             if key not in history and isinstance(value, (int, float)) and math.isfinite(value)
         ]
+        streamed = streamed or {}
         for key, series in history.items():
             curve = [(int(step), float(value)) for step, value in series if math.isfinite(value)]
-            points.extend(Metric(key, value, now, step) for step, value in curve[:-1])
-            if curve:
+            logged = streamed.get(key, set())
+            points.extend(Metric(key, value, now, step) for step, value in curve[:-1] if step not in logged)
+            if curve and (curve[-1][0] not in logged or model_id is not None):
                 points.append(final(key, curve[-1][1], curve[-1][0]))
         for start in range(0, len(points), _METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=points[start : start + _METRICS_PER_BATCH])
@@ -246,6 +258,17 @@ class Tracker:
         files must not outlive it (they may be a partial copy). Files in this home are
         removed directly; files a tracking server holds are deleted through it.
         """
+        from mlflow.exceptions import MlflowException
+
+        self.delete_run_files(run_id)
+        try:
+            self.client.delete_run(run_id)
+        except MlflowException:
+            pass
+
+    def delete_run_files(self, run_id: str) -> None:
+        """Remove the run's artifact files and logged models, and keep the run with its params and metrics
+        (a failed or killed run's record: whatever files it had made are part of no variant)."""
         import shutil
 
         from mlflow.exceptions import MlflowException
@@ -261,10 +284,6 @@ class Tracker:
             shutil.rmtree(folder, ignore_errors=True)
         elif artifact_uri and self.home.tracking_server:
             self._delete_served_artifacts(artifact_uri)
-        try:
-            self.client.delete_run(run_id)
-        except MlflowException:
-            pass
 
     def _delete_served_artifacts(self, artifact_uri: str) -> None:
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -418,6 +437,12 @@ def check_server_answers(uri: str, timeout: float = 10.0) -> None:
             f"cannot reach the MLflow tracking server at {shown_url(uri)} ({reason}); start it (`mlflow server "
             "--backend-store-uri DATABASE_URL --serve-artifacts --host HOST --port PORT`) or correct --tracking-uri"
         ) from None
+
+
+def param_values(params: dict[str, Any]) -> dict[str, str]:
+    """`params` as MLflow params: flattened, as text, masked (a setting may quote a URL with its password,
+    an import's source), within MLflow's length limit; callables (an option may be a callback) left out."""
+    return {key: masked(str(value))[:6000] for key, value in _flatten(params).items() if not callable(value)}
 
 
 def _masked_tags(tags: dict[str, str]) -> dict[str, str]:

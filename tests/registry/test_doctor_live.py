@@ -88,10 +88,10 @@ def _pause_points() -> dict:
 
 # What doctor finds of a registration paused at each point: all of it live work.
 LIVE_AT = {
-    "capability-wrote-its-files": {"staging-leftover"},
-    "run-started": {"staging-leftover", "orphan-run"},
-    "artifacts-half-copied": {"staging-leftover", "orphan-run"},
-    "registered-model-without-version": {"staging-leftover", "orphan-run", "empty-registered-model"},
+    "capability-wrote-its-files": {"staging-leftover", "run"},  # its run began with the work
+    "run-started": {"staging-leftover", "run"},
+    "artifacts-half-copied": {"staging-leftover", "run"},
+    "registered-model-without-version": {"staging-leftover", "run", "empty-registered-model"},
     "version-registered": {"staging-leftover", "half-made-version"},
     "before-lineage-commit": {"staging-leftover", "half-made-version"},
 }
@@ -228,7 +228,7 @@ def test_doctor_leaves_a_finetune_alone_while_it_trains_and_while_it_records(for
         [checkpoint] = (home / "checkpoints").glob("*/step-*")
         report = _doctor(gpt2reg, "--repair", "--home", home)
         assert report["problems"] == []
-        assert _running(report) == {"staging-leftover", "interrupted-training"}
+        assert _running(report) == {"staging-leftover", "run", "interrupted-training"}
         assert checkpoint.is_dir()
         resume_training.set()
 

@@ -83,7 +83,11 @@ def check_mlflow_sees_the_variants_as_models(home, summary):
             assert card.data.base_model == variant["parents"][0]
 
     tuned = by_name[summary["variants"][1]["name"]]
-    inputs = client.get_run(tuned["run_id"]).inputs.dataset_inputs
+    # The fine-tuning run spans the training: its duration is at least the training's, not the recording's.
+    run = client.get_run(tuned["run_id"])
+    assert run.info.status == "FINISHED"
+    assert (run.info.end_time - run.info.start_time) / 1000 >= tuned["metrics"]["train_seconds"]
+    inputs = run.inputs.dataset_inputs
     roles = {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"] for i in inputs}
     assert roles == {"train.txt": "training", "heldout.txt": "validation"}
     edge = summary["lineage"]["edges"][0]
