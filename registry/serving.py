@@ -189,6 +189,7 @@ LIGHT_REQUIREMENTS = ("mlflow", "onnxruntime", "onnx", "numpy", "h5py", "tiktoke
 # The project's packages, carried in the model folder (MLflow's code_paths) so that the light
 # environment needs no install of gpt2-registry, which would bring TensorFlow.
 CODE_PACKAGES = ("registry", "backends", "plugins")
+CODE_BUNDLE = "gpt2reg_code.zip"  # their files, as the served model's one code file (see `code_bundle`)
 
 
 def light_requirements() -> list[str]:
@@ -205,31 +206,51 @@ def save_pyfunc(preset_dir: Path, destination: Path) -> None:
     requires only `LIGHT_REQUIREMENTS`, so `mlflow models serve` (or build-docker) makes an
     environment without TensorFlow. Any other preset requires gpt2-registry itself.
     """
-    import importlib
-    import shutil
-    import tempfile
-
     import mlflow.pyfunc
 
     from backends.weight_files import readable_precision
     from registry import __version__
 
     light = readable_precision(preset_dir) is not None
-    with tempfile.TemporaryDirectory(prefix="gpt2reg-code-") as scratch:
-        code_paths = None
-        if light:
-            code_paths = []
-            for package in CODE_PACKAGES:
-                source = Path(importlib.import_module(package).__file__).parent
-                copy = Path(scratch, package)
-                shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-                code_paths.append(str(copy))
-        mlflow.pyfunc.save_model(
-            path=str(destination),
-            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-            artifacts={PRESET_ARTIFACT: str(preset_dir)},
-            signature=signature(),
-            code_paths=code_paths,
-            # Explicit requirements: inferring them would import the model in a subprocess.
-            pip_requirements=light_requirements() if light else [f"gpt2-registry=={__version__}"],
-        )
+    mlflow.pyfunc.save_model(
+        path=str(destination),
+        python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+        artifacts={PRESET_ARTIFACT: str(preset_dir)},
+        signature=signature(),
+        code_paths=[str(code_bundle())] if light else None,
+        # Explicit requirements: inferring them would import the model in a subprocess.
+        pip_requirements=light_requirements() if light else [f"gpt2-registry=={__version__}"],
+    )
+
+
+_bundle: Path | None = None
+
+
+def code_bundle() -> Path:
+    """The project's packages (`CODE_PACKAGES`) as one zip file, made once a process.
+
+    One file, not the hundred-odd modules: every registration writes the served model's files,
+    copies them into the run's artifacts and links them into the logged model, and in a store of
+    thousands of variants each file made is a cost. `pyfunc_entry` puts the zip on `sys.path`
+    (Python imports from a zip as from a folder).
+    """
+    import atexit
+    import importlib
+    import shutil
+    import tempfile
+    import zipfile
+
+    global _bundle
+    if _bundle is not None and _bundle.is_file():
+        return _bundle
+    folder = Path(tempfile.mkdtemp(prefix="gpt2reg-code-"))
+    atexit.register(shutil.rmtree, folder, True)
+    bundle = folder / CODE_BUNDLE
+    with zipfile.ZipFile(bundle, "w", zipfile.ZIP_DEFLATED) as archive:
+        for package in CODE_PACKAGES:
+            source = Path(importlib.import_module(package).__file__).parent
+            for file in sorted(source.rglob("*")):
+                if file.is_file() and "__pycache__" not in file.parts and file.suffix != ".pyc":
+                    archive.write(file, Path(package, file.relative_to(source)).as_posix())
+    _bundle = bundle
+    return bundle
