@@ -264,8 +264,12 @@ def list_(name, best_metric, max_size_mb, max_parameters):
         if best is None and not as_json():
             click.echo(f"no variant with {best_metric} is within the limits given")
             return
+    elif as_json():
+        emit({"variants": reg.list_documents(name)})
+        return
     else:
         variants = reg.list(name)
+
     def human():
         if not variants:
             click.echo("no variants yet")

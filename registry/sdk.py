@@ -23,7 +23,7 @@ from registry.capability import CapabilityResult, sample_generations
 from registry.errors import NotFoundError, UsageError, masked
 from registry.home import Home
 from registry.pipeline import Pipeline
-from registry.variant import Variant, read_variant, variant_from_row
+from registry.variant import Variant, document_from_row, read_variant, variant_from_row
 
 if TYPE_CHECKING:
     from registry.lineage import LineageVariant
@@ -159,6 +159,17 @@ class Registry:
         # Every variant's parents in one query, not one per variant (a store holds thousands).
         parents = store.parent_refs(None if name is None else [row.id for row in rows])
         return [variant_from_row(row, parents.get(row.id, ()), loader=self.load) for row in rows]
+
+    def list_documents(self, name: str | None = None) -> list[dict]:
+        """`[v.to_dict() for v in self.list(name)]`, made straight from the rows (`list --json`)."""
+        if not self.home.exists():
+            return []
+        store = self._reads
+        if store is not self._reader:  # the store's own rows: their dicts are copied, as `Variant` does
+            return [variant.to_dict() for variant in self.list(name)]
+        rows = store.list(name)
+        parents = store.parent_refs(None if name is None else [row.id for row in rows])
+        return [document_from_row(row, parents.get(row.id, ())) for row in rows]
 
     def aliases(self, variant: "str | Variant") -> list[str]:
         variant = self.get(variant)

@@ -66,23 +66,40 @@ class Variant:
         return self.loader(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "ref": self.ref,
-            "name": self.name,
-            "version": self.version,
-            "kind": self.kind,
-            "operation": self.operation,
-            "parents": list(self.parents),
-            "parameters": self.parameters,
-            "size_bytes": self.size_bytes,
-            "content_hash": self.content_hash,
-            "metrics": dict(self.metrics),
-            "config": dict(self.config),
-            "tags": dict(self.tags),
-            "run_id": self.run_id,
-            "uri": self.uri,
-            "created_at": self.created_at.isoformat() if self.created_at else None,
-        }
+        return _document(self.name, self.version, self.kind, self.operation, list(self.parents), self.parameters,
+                         self.size_bytes, self.content_hash, dict(self.metrics), dict(self.config), dict(self.tags),
+                         self.run_id, self.created_at)
+
+
+def _document(name: str, version: int, kind: str, operation: str, parents: list[str], parameters: int,
+              size_bytes: int, content_hash: str, metrics: dict, config: dict, tags: dict, run_id: str | None,
+              created_at) -> dict[str, Any]:
+    """A variant as `show --json` prints it (`Variant.to_dict`, `document_from_row`: one layout)."""
+    return {
+        "ref": f"{name}/{version}",
+        "name": name,
+        "version": version,
+        "kind": kind,
+        "operation": operation,
+        "parents": parents,
+        "parameters": parameters,
+        "size_bytes": size_bytes,
+        "content_hash": content_hash,
+        "metrics": metrics,
+        "config": config,
+        "tags": tags,
+        "run_id": run_id,
+        "uri": f"models:/{name}/{version}",
+        "created_at": created_at.isoformat() if created_at else None,
+    }
+
+
+def document_from_row(row: LineageVariant, parents: Iterable[str]) -> dict[str, Any]:
+    """`variant_from_row(row, parents).to_dict()`, made without the `Variant` between: a listing of
+    thousands prints them, and the object and its copies were a fifth of `list --json`. The row's
+    dicts go into the document as they are: for rows read afresh (`registry.lineage.reads`)."""
+    return _document(row.name, row.version, row.kind, row.operation, list(parents), row.parameters,
+                     row.size_bytes, row.content_hash, row.metrics, row.config, row.tags, row.run_id, row.created_at)
 
 
 def variant_from_row(row: LineageVariant, parents: Iterable[str], *,

@@ -177,3 +177,18 @@ def test_a_registration_under_a_deep_chain_draws_its_nearest_generations(stamp_h
     # The whole family is still there for whoever asks for it.
     assert len(reg.lineage(newest)["nodes"]) == newest.version + 1
     reg.close()
+
+
+def test_list_json_documents_are_the_variants_own(family_home, gpt2reg):
+    """`list --json` prints documents made straight from the rows: the same as each variant's `to_dict()`,
+    through the standard-library reader and through the open lineage store alike."""
+    from registry import Registry
+
+    reg = Registry(family_home)
+    expected = [variant.to_dict() for variant in reg.list()]
+    assert len(expected) == 2 and reg.list_documents() == expected
+    assert reg.list_documents("base") == [variant.to_dict() for variant in reg.list("base")]
+    printed = gpt2reg("list", "--json", "--home", family_home)
+    assert printed.exit_code == 0 and printed.json()["variants"] == json.loads(json.dumps(expected, default=str))
+    reg.lineage_store  # noqa: B018 - opened, as by a write: reads then go through it
+    assert reg.list_documents() == expected
