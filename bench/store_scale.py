@@ -14,8 +14,12 @@ each:
   `Registry.lineage(REF)`;
 - one new registration (the store-only `stamp` capability of the tests: a
   real registration through the recorder, with a 64 KB weights file and no
-  TensorFlow), from the tip of the deepest chain and from `base/1` (the parent
-  of many), in-process after one untimed registration. The home is put back
+  TensorFlow), from the tip of the deepest chain, from `base/1` (the parent
+  of many), and in a new family (a new child of `base/1`, whose pictures have
+  the same shape in every home: the store's size alone), in-process after one
+  untimed registration. The first two draw the largest lineage pictures a
+  registration draws (12 generations, 24 children), which a small home's
+  families are too small to need. The home is put back
   as it was afterwards (both databases restored, the new runs' folders
   removed), so a cached home keeps its size.
 
@@ -299,8 +303,13 @@ def tip(home: Path) -> str:
         return f"deep/{db.execute('SELECT max(version) FROM variants WHERE name=?', ('deep',)).fetchone()[0]}"
 
 
-def registration_seconds(home: Path, parent: str, repeats: int) -> Figure:
-    """The median time of one store-only registration from `parent`; the home is put back afterwards."""
+def registration_seconds(home: Path, parent: str, repeats: int, *, new_family: bool = False) -> Figure:
+    """The median time of one store-only registration from `parent`; the home is put back afterwards.
+
+    `new_family`: from a new child of `parent` instead (made untimed first), whose family (one
+    ancestor, then the children timed here) has the same shape in every home: what a registration
+    costs for the store's size alone, apart from the lineage pictures of a deep or busy family.
+    """
     from tests.registry import store_only_plugin
 
     from registry import Registry
@@ -313,6 +322,8 @@ def registration_seconds(home: Path, parent: str, repeats: int) -> Figure:
                 source.backup(copy)
         runs_before = set(os.listdir(home / "artifacts"))
         reg = Registry(home)
+        if new_family:
+            parent = reg.run("stamp", parent, name="bench-family", tag="bench-family").ref
         tags = iter(range(repeats + 1))
         register = lambda: reg.run("stamp", parent, name="bench-new", tag=f"bench-{next(tags)}")  # noqa: E731
         figure = sdk_seconds(register, repeats)  # the untimed first one imports and opens both stores
@@ -352,6 +363,7 @@ def measure(home: Path, repeats: int) -> dict[str, Figure]:
     reg.close()
     figures["register (from the deepest)"] = registration_seconds(home, deepest, repeats)
     figures["register (from base/1)"] = registration_seconds(home, "base/1", repeats)
+    figures["register (in a new family)"] = registration_seconds(home, "base/1", repeats, new_family=True)
     return figures
 
 
