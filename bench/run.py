@@ -128,6 +128,7 @@ HF = "HF transformers + torch float32"
 HF_INT8 = "HF torch dynamic int8"
 
 CASES = [  # (case, section), in the order they run
+    ("roofline", "roofline"),
     *[(case, "generation") for case, *_ in OURS],
     ("generate-stock", "generation"),
     ("generate-hf", "generation"),
@@ -308,6 +309,7 @@ def case_generate(settings: Settings, case: str) -> dict:
     where = require_tensorflow_device(settings)
     lm = keras_gpt2.build(keras_gpt2.get_config(settings.generate_config), seed=0)
     started = time.perf_counter()
+    runtime_cache = None  # where our runtimes write their graphs (their weights as they read them)
     if case in ("generate-hf", "generate-hf-int8"):
         label = HF if case == "generate-hf" else HF_INT8
         try:
@@ -350,11 +352,73 @@ def case_generate(settings: Settings, case: str) -> dict:
             continue
         row = {"name": label, "status": "ok", "batch_size": batch_size, "new_tokens_per_row": new,
                "tokens_per_s": new * len(ids) / figures["steady_s"], "device": where, **figures, **prepared}
+        if case != "generate-hf-int8":  # torch's packed int8 weights are not counted here
+            row["weight_bytes"] = weight_bytes(lm, runtime_cache)
         results = outputs[-1]
         if batch_size == 1 and isinstance(results, list) and results and hasattr(results[0], "token_ids"):
             row["first_row_tokens"] = list(results[0].token_ids)
         rows.append(row)
     return {"rows": rows}
+
+
+def case_roofline(settings: Settings, case: str) -> dict:
+    """The machine's memory read bandwidth: the ceiling of decoding, which reads every weight once a step.
+
+    numpy sums a buffer far larger than the caches (1 GiB; 256 MiB with --quick), split over one
+    thread and over the threads onnxruntime decodes with (`backends.runtime_sessions.cpu_threads`);
+    numpy's reductions release the GIL, so the threads read at once. The best of several passes.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from backends.runtime_sessions import cpu_threads
+
+    size = (256 if settings.quick else 1024) << 20
+    buffer = np.ones(size // 8, dtype=np.float64)  # written once: its pages are real memory
+    rows = []
+    for threads in sorted({1, cpu_threads()}):
+        parts = np.array_split(buffer, threads)
+        best = math.inf
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in range(max(5, settings.repeats + 2)):
+                started = time.perf_counter()
+                list(pool.map(np.sum, parts))
+                best = min(best, time.perf_counter() - started)
+        rows.append({"name": f"numpy read, {threads} thread{'s' if threads > 1 else ''}", "status": "ok",
+                     "threads": threads, "buffer_mb": size / 2**20, "read_gb_per_s": size / best / 1e9})
+    return {"rows": rows}
+
+
+def weight_bytes(lm, runtime_cache: str | None) -> int:
+    """Bytes of weights a decoding step reads.
+
+    For an ONNX graph of our runtime: its initializers as it stores them (int8 included), less the
+    tables a `Gather` looks rows up in (the token and position embeddings: a step reads one row of
+    each; the output projection is a table of its own and is read whole). For a LiteRT graph: its
+    file. Otherwise the model's float32 parameters less the position table.
+    """
+    if runtime_cache is not None:
+        graphs = sorted(Path(runtime_cache).rglob("*.onnx"))
+        if graphs:
+            return max(onnx_weights_read(graph) for graph in graphs)
+        files = [f for f in Path(runtime_cache).rglob("*") if f.is_file()]
+        if files:
+            return sum(f.stat().st_size for f in files)
+    # Every parameter once, less the position table (a step reads one row of it). The token table's
+    # rows are looked up too, but the output projection (tied to it) reads it whole.
+    positions = math.prod(int(d) for d in lm.backbone.position_embedding.weights[0].shape)
+    return 4 * (int(lm.count_params()) - positions)
+
+
+def onnx_weights_read(path: Path) -> int:
+    """The bytes of `path`'s initializers that a step reads whole (all but the tables of `Gather`s)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    gathered = {node.input[0] for node in model.graph.node if node.op_type == "Gather"}
+    return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer if t.name not in gathered)
 
 
 def keeping_output(call, outputs: list):
@@ -927,6 +991,7 @@ def train_without_recording(reg, base, data: Path, steps: int, *, on_step) -> No
 
 CASE_FUNCTIONS = {
     **{case: case_generate for case, *_ in OURS},
+    "roofline": case_roofline,
     "generate-stock": case_generate, "generate-hf": case_generate, "generate-hf-int8": case_generate,
     "train-full": case_train, "train-lora": case_train, "train-torch": case_train,
     "scoring": case_scoring,
@@ -1078,7 +1143,14 @@ def add_comparisons(document: dict) -> None:
     def find(case: str, batch_size: int | None = None) -> dict | None:
         return next((r for r in rows if r["case"] == case and r.get("batch_size") == batch_size), None)
 
+    # The roofline: a step of decoding reads every weight once for the whole batch, so at the
+    # bandwidth of the runtime's threads a batch of B can make at most B * bandwidth / weight bytes tokens/s.
+    bandwidth = max((r["read_gb_per_s"] for r in rows if r["case"] == "roofline"), default=None)
+    document["read_gb_per_s"] = bandwidth
     for row in (r for r in rows if r["section"] == "generation"):
+        if bandwidth and row.get("weight_bytes"):
+            row["roofline_tokens_per_s"] = row["batch_size"] * bandwidth * 1e9 / row["weight_bytes"]
+            row["of_roofline"] = row["tokens_per_s"] / row["roofline_tokens_per_s"]
         stock = find("generate-stock", row["batch_size"])
         if stock:
             row["vs_stock"] = row["tokens_per_s"] / stock["tokens_per_s"]
@@ -1117,7 +1189,11 @@ def add_comparisons(document: dict) -> None:
         (f"cold generate, {big}: first call (writes the graph)", big_first and big_first["seconds"], "<=", 15.0, " s"),
         (f"repeated in-process call, {big} float32: first token", repeated and repeated["seconds"], "<=", 0.3, " s"),
     ]
+    onnx32 = find("generate-onnx", 1)
     goals = [
+        ("ours onnx int8, batch 1: share of its roofline", int8.get("of_roofline") if int8 else None, ">=", 0.7, ""),
+        ("ours onnx float32, batch 1: share of its roofline", onnx32.get("of_roofline") if onnx32 else None,
+         ">=", 0.85, ""),
         ("ours onnx int8 / stock KerasHub float32, batch 1", int8.get("vs_stock") if int8 else None, ">=", 3.0, "x"),
         ("ours onnx int8 tokens/s, batch 1", int8["tokens_per_s"] if int8 else None, ">=", 80.0, " tok/s"),
         ("ours keras float32 / stock KerasHub float32, batch 1", keras.get("vs_stock") if keras else None,
@@ -1167,6 +1243,11 @@ def render(document: dict) -> str:
             lines.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |")
         lines.append("")
 
+    section("Roofline", "roofline",
+            "Memory read bandwidth (numpy sums over a buffer far beyond the caches, best pass): decoding reads "
+            "every weight once a step, so a batch of B makes at most B x bandwidth / weight bytes tokens/s.",
+            [("reader", lambda r: r["name"]), ("buffer MB", lambda r: fmt(r.get("buffer_mb"), ",.0f")),
+             ("read GB/s", lambda r: fmt(r.get("read_gb_per_s"), ".1f"))])
     section("Generation", "generation",
             f"`{settings['generate_config']}` randomly initialised, greedy, {settings['new_tokens']} new tokens per row, "
             f"end-of-text ignored; steady = median of {settings['repeats']} calls after the first. "
@@ -1176,6 +1257,9 @@ def render(document: dict) -> str:
              ("steady s", lambda r: fmt(r.get("steady_s"), ".3f")),
              ("tokens/s", lambda r: fmt(r.get("tokens_per_s"), ".1f")),
              ("vs stock", lambda r: fmt(r.get("vs_stock"), ".2f", "x")),
+             ("weights MB", lambda r: fmt(r.get("weight_bytes") and r["weight_bytes"] / 1e6, ",.0f")),
+             ("roofline tok/s", lambda r: fmt(r.get("roofline_tokens_per_s"), ",.0f")),
+             ("of roofline", lambda r: fmt(r.get("of_roofline"), ".2f")),
              ("same prefix", lambda r: fmt(r.get("same_greedy_prefix"), "d", f"/{r.get('new_tokens_per_row')}")),
              ("device", lambda r: r.get("device", ""))])
     section("Training", "training",
