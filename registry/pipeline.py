@@ -21,7 +21,7 @@ import errno
 import json
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
@@ -156,12 +156,14 @@ class Pipeline:
                                                  allow_nonfinite=allow_nonfinite, started=started)
                     except UsageError:
                         if started is not None:  # bad input: nothing worth a run record
-                            _quietly(recorder.discard, started)
+                            with suppress(Exception):  # the input's error matters more than the tidying's
+                                recorder.discard(started)
                         raise
                     except BaseException as failure:
                         if started is not None and disk_full(failure):
                             # Nothing more can be written: the store is left as it was (see `staging`).
-                            _quietly(recorder.discard, started)
+                            with suppress(Exception):
+                                recorder.discard(started)
                         elif started is not None:
                             try:
                                 recorder.record_failure(name=name, operation=cap.operation, parent=parent,
@@ -256,14 +258,6 @@ def check_finite_weights(result: CapabilityResult, allow_nonfinite: bool) -> Non
                          "fix the weights (a clean checkpoint, a lower learning rate), or pass --allow-nonfinite "
                          "(SDK: allow_nonfinite=True) to register it anyway with a warning tag")
     result.tags["warning"] = f"nonfinite-weights: {found}"
-
-
-def _quietly(action: Callable, *args) -> None:
-    """Tidying up after a failure, whose own error matters more than the tidying's."""
-    try:
-        action(*args)
-    except Exception:
-        pass
 
 
 def record_and_deliver(recorder: Recorder, *, name: str, operation: str, parents: list,

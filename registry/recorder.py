@@ -106,10 +106,7 @@ class RunInProgress:
         """
         import time
 
-        newest = {}
-        for index, point in enumerate(self._pending):
-            if hold is None or point.key in hold:
-                newest[point.key] = index
+        newest = {point.key: index for index, point in enumerate(self._pending) if hold is None or point.key in hold}
         held = set(newest.values())
         points = [point for index, point in enumerate(self._pending) if index not in held]
         self._pending = [point for index, point in enumerate(self._pending) if index in held]
@@ -365,6 +362,7 @@ class Recorder:
         if not isinstance(result, CapabilityResult):
             result = CapabilityResult()
         killed = isinstance(failure, KeyboardInterrupt)
+        ended = "killed" if killed else "failed"
         # The project's own errors read as sentences; anything else keeps its type.
         error = ("interrupted before the variant was registered" if killed
                  else str(failure) if isinstance(failure, RegistryError) else one_line(failure))
@@ -374,7 +372,7 @@ class Recorder:
         if getattr(failure, "plugin", None):
             tags[f"{TAG_PREFIX}plugin"] = failure.plugin
         if started is None:
-            run = tracker.start_run(run_name=f"{name} ({operation}, {'killed' if killed else 'failed'})", tags=tags)
+            run = tracker.start_run(run_name=f"{name} ({operation}, {ended})", tags=tags)
             run_id, logged, streamed = run.info.run_id, {}, {}
         else:
             started.stop(curves=set(result.history))
@@ -382,7 +380,7 @@ class Recorder:
         try:
             if started is not None:
                 tracker.set_run_tags(run_id, tags)
-                tracker.client.update_run(run_id, name=f"{name} ({operation}, {'killed' if killed else 'failed'})")
+                tracker.client.update_run(run_id, name=f"{name} ({operation}, {ended})")
             tracker.log_params(run_id, {key: value for key, value in
                                         param_values({"operation": operation, **result.settings}).items()
                                         if key not in logged})
@@ -391,7 +389,7 @@ class Recorder:
             metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
             tracker.log_metrics(run_id, metrics, result.history, streamed=streamed)
         finally:
-            tracker.finish_run(run_id, status="KILLED" if killed else "FAILED")
+            tracker.finish_run(run_id, status=ended.upper())
         return run_id
 
     def log_generation(self, variant: Variant, result: CapabilityResult) -> str:
