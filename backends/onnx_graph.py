@@ -250,10 +250,9 @@ def build_decoder(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads:
 
     Attention is onnxruntime's `GroupQueryAttention` (with as many key/value
     heads as query heads), one operator per layer over the packed query, key
-    and value product, as onnxruntime-genai's models use it: at batch 1 it
-    took `gpt2` int8 decoding from about 145 to about 170 tokens/s here
-    (`python bench/run.py --only generate-onnx-int8`), the cost of the fifteen
-    small operators it replaces.
+    and value product, as onnxruntime-genai's models use it, instead of fifteen
+    small operators: `gpt2` int8 at batch 1 went from 138 to 147 tokens/s
+    through `generate` here (`python bench/run.py --only generate-onnx-int8`).
 
     `external`: float32 tensors, by Hugging Face name, that the graph reads from
     `external_file` (a path relative to the graph's folder) instead of holding

@@ -38,6 +38,27 @@ def test_the_graph_is_built_once_per_weights_and_a_damaged_copy_is_rebuilt(lm, t
     assert int(state.logits[0].argmax()) == cases[0]["greedy_16"][0]
 
 
+def test_a_graph_too_large_for_one_file_keeps_its_weights_beside_it(lm, tmp_path, cases, monkeypatch):
+    """Past protobuf's 2 GB (`gpt2-large` in float32) the weights go to a file beside the graph;
+    here the limit is lowered so that a tiny model crosses it."""
+    from backends import fast_decoding
+
+    monkeypatch.setattr(fast_decoding, "GRAPH_BYTES_IN_ONE_FILE", 10_000)
+    decoder = RuntimeDecoder.build(lm, "onnx", tmp_path)
+    graph, weights = tmp_path / f"decoder-{decoder.digest}.onnx", tmp_path / f"decoder-{decoder.digest}.weights"
+    assert sorted(tmp_path.iterdir()) == [graph, weights]
+    assert graph.stat().st_size < 100_000 < weights.stat().st_size  # the graph holds no weights
+    built = graph.stat().st_mtime_ns
+    kept = RuntimeDecoder.build(lm, "onnx", tmp_path)
+    assert graph.stat().st_mtime_ns == built  # opened as kept, its weights read from beside it
+    state = kept.start([cases[0]["token_ids"]], max_new_tokens=16)
+    tokens = [int(state.logits[0].argmax())]
+    while len(tokens) < 16:
+        logits, _ = kept.step(state, tokens[-1:])
+        tokens.append(int(logits[0].argmax()))
+    assert tokens == cases[0]["greedy_16"]  # transformers' greedy tokens
+
+
 def test_auto_picks_onnx_for_float32_and_int8_and_keras_for_the_rest(fixture_dir, lm):
     assert resolve_runtime(lm) == "onnx"
     assert resolve_runtime(lm, xla=False) == "keras"  # an XLA choice is a Keras setting
