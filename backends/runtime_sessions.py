@@ -29,9 +29,9 @@ def cpu_threads() -> int:
 
 
 class OnnxSession:
-    """An onnxruntime session of an ``.onnx`` file on the CPU execution provider."""
+    """An onnxruntime session of an ``.onnx`` file (or a serialized graph) on the CPU execution provider."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike | bytes, threads: int | None = None):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -39,7 +39,8 @@ class OnnxSession:
         if threads is not None:
             options.intra_op_num_threads = threads
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = path if isinstance(path, bytes) else str(path)
+        self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.output_names = [output.name for output in self.session.get_outputs()]
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
