@@ -5,9 +5,14 @@ so that each reports its own peak memory (the maximum resident set size of
 the process that did the measuring) and no case warms another one's caches.
 The cases reuse the functions of the other scripts in this folder:
 
+0. The roofline (`roofline`): the machine's memory read bandwidth, with one
+   thread and with the threads onnxruntime decodes with (the fastest of three
+   numpy readers). Each generation row gets the weight bytes a step reads,
+   its roofline (batch x bandwidth / bytes) and its share of it.
 1. Greedy generation (`bench/generate.py`): the `gpt2` (124M) configuration,
    randomly initialised with seed 0 (the same weights in every process),
-   batch 1 and batch 8 of its PROMPTS, 128 new tokens per row,
+   batch 1 and batch 8 of its PROMPTS (and batch 32, the prompts repeated,
+   for ours onnx and the two torch contenders), 128 new tokens per row,
    end-of-text ignored. Contenders:
    - ours keras float32: `backends.generation.generate`, what `gpt2reg generate` runs;
    - ours onnx float32 / ours onnx int8 / ours litert int8: the same with
@@ -22,14 +27,19 @@ The cases reuse the functions of the other scripts in this folder:
    The first call (compilation, graph building) is timed on its own; the
    steady state is the median of `--repeats` calls. Tokens/s counts the new
    tokens of all rows. Each contender is compared with stock KerasHub float32
-   at the same batch size, and each "ours" contender's batch-1 tokens with
-   ours keras float32 (the length of the common greedy prefix).
+   at the same batch size, ours onnx float32 and int8 with transformers +
+   torch float32 and torch's dynamic int8, and each "ours" contender's
+   batch-1 tokens with ours keras float32 (the length of the common greedy
+   prefix).
 2. Training (`bench/train.py`): full fine-tuning and LoRA (rank 8, query and
    value) median step times, `gpt2`, sequence 256, batch 4, float32, XLA as
    `gpt2reg finetune` chooses it; and the same full step in a plain PyTorch
    loop. Tokens/s and the ratio ours / PyTorch.
 3. Perplexity scoring (`bench/evaluate.py`): `backends.scoring.score` against
-   a bare compiled forward pass over the same tokens.
+   a bare compiled forward pass over the same tokens; and (`scoring-runtime`)
+   `backends.perplexity.RuntimeScorer`, what `evaluate` runs without
+   TensorFlow, against a bare forward pass of the same onnxruntime graph (its
+   prefill and the logits of every token).
 4. Tokenization: megabytes/s over a few MB of text (the Python standard
    library's own `.py` files, read from this machine): ours
    (`backends.tokenizer.encode_batch`, what `finetune` and `evaluate` use on
@@ -66,6 +76,11 @@ The cases reuse the functions of the other scripts in this folder:
    in turn: time to first token (the 1-token request: the pyfunc answers
    whole) and steady tokens/s (the 64-token one), p50 and p99.
 
+10. How cost grows (`growth`, `bench/growth.py`): our onnxruntime decoder,
+   float32 and int8, on random weights: tokens/s against context (64 to
+   1,000 tokens in the cache), batch size (1, 8, 32) and model size (`tiny`
+   to `gpt2-large`), as a table and a plot (`run-<timestamp>-growth.png`).
+
 Peak memory is that of the whole measuring process: a Hugging Face row's
 includes the Keras model its weights were exported from, and both logging
 rows share one process. Run it on otherwise idle cores: other work slows
@@ -86,7 +101,10 @@ group (`generate`, `train`, `tokenize`). `--device gpu` is meant for a
 machine with a GPU: the Keras/TensorFlow and PyTorch cases run on the GPU
 (onnxruntime, LiteRT and torch's dynamic int8 stay on the CPU); `--device cpu`
 (the default) hides any GPU from every case. Writes `run-<timestamp>.json`
-and `run-<timestamp>.md` into `--out`, and prints the Markdown.
+and `run-<timestamp>.md` into `--out`, and prints the Markdown. Run through
+MLflow (`MLFLOW_TRACKING_URI` set, or inside an MLflow run), it also logs
+them and the plot as the run's artifacts under `bench/`, and each goal's
+figure as a metric.
 """
 
 from __future__ import annotations
@@ -137,6 +155,7 @@ CASES = [  # (case, section), in the order they run
     ("train-lora", "training"),
     ("train-torch", "training"),
     ("scoring", "scoring"),
+    ("scoring-runtime", "scoring"),
     ("tokenize-ours", "tokenization"),
     ("tokenize-tiktoken", "tokenization"),
     ("tokenize-keras", "tokenization"),
@@ -148,8 +167,11 @@ CASES = [  # (case, section), in the order they run
     ("light-repeated", "light inference"),
     ("light-hf", "light inference"),
     ("light-serve", "serving"),
+    ("growth", "cost growth"),
 ]
 NEEDS_HF = {"generate-hf", "generate-hf-int8", "train-torch", "light-hf"}  # transformers + torch
+TORCH_PEER = {"generate-onnx": "generate-hf", "generate-onnx-int8": "generate-hf-int8"}
+WIDE_BATCH_CASES = {"generate-onnx", "generate-onnx-int8", "generate-hf", "generate-hf-int8"}
 
 
 @dataclass(frozen=True)
@@ -162,6 +184,8 @@ class Settings:
     generate_config: str = "gpt2"
     new_tokens: int = 128
     batch_sizes: tuple[int, ...] = (1, 8)
+    # The contenders compared at large batches (ours onnx against torch): batch 32 too.
+    wide_batch_sizes: tuple[int, ...] = (1, 8, 32)
     train_config: str = "gpt2"
     train_steps: int = 6  # bench/train.py's defaults
     train_seq_len: int = 256
@@ -180,12 +204,15 @@ class Settings:
     logging_data_bytes: int = 400_000
     light_runs: int = 5
     light_big_config: str = "gpt2"
+    growth_steps: int = 16
+    growth_sizes: tuple[str, ...] = ("tiny", "gpt2", "gpt2-medium", "gpt2-large")
 
     @classmethod
     def from_args(cls, args) -> Settings:
         if not args.quick:
             return cls(quick=False, repeats=args.repeats, device=args.device)
         return cls(quick=True, repeats=1, device=args.device, generate_config="tiny", new_tokens=16,
+                   wide_batch_sizes=(1, 8), growth_steps=4, growth_sizes=("tiny",),
                    train_config="tiny", train_steps=3, train_seq_len=64, score_config="tiny", score_length=128,
                    score_batches=1, tokenize_bytes=300_000, sample_bytes=100_000, help_runs=3, load_runs=1,
                    logging_steps=20, logging_data_bytes=200_000, light_runs=2, light_big_config="tiny")
@@ -340,8 +367,9 @@ def case_generate(settings: Settings, case: str) -> dict:
     prepared["prepare_s"] = time.perf_counter() - started
 
     rows = []
-    for batch_size in settings.batch_sizes:
-        texts = generate.PROMPTS[:batch_size]
+    wide = case in WIDE_BATCH_CASES
+    for batch_size in settings.wide_batch_sizes if wide else settings.batch_sizes:
+        texts = [generate.PROMPTS[row % len(generate.PROMPTS)] for row in range(batch_size)]
         ids = [encode(t) for t in texts]
         new = settings.new_tokens
         outputs: list = []
@@ -364,9 +392,12 @@ def case_generate(settings: Settings, case: str) -> dict:
 def case_roofline(settings: Settings, case: str) -> dict:
     """The machine's memory read bandwidth: the ceiling of decoding, which reads every weight once a step.
 
-    numpy sums a buffer far larger than the caches (1 GiB; 256 MiB with --quick), split over one
-    thread and over the threads onnxruntime decodes with (`backends.runtime_sessions.cpu_threads`);
-    numpy's reductions release the GIL, so the threads read at once. The best of several passes.
+    numpy reduces a buffer far larger than the caches (1 GiB; 256 MiB with --quick), split over
+    one thread and over the threads onnxruntime decodes with (`backends.runtime_sessions.cpu_threads`);
+    numpy's reductions release the GIL, so the threads read at once. Three readers, the best pass
+    of each: a float64 sum, an int64 bitwise or and a uint8 maximum (the lightest arithmetic per
+    byte; here it read 10 to 24 % faster than the sum in two runs). The fastest is the roofline:
+    onnxruntime's float32 products read `gpt2-large` at 36.5 GB/s where the sum read 31.6.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -376,17 +407,20 @@ def case_roofline(settings: Settings, case: str) -> dict:
 
     size = (256 if settings.quick else 1024) << 20
     buffer = np.ones(size // 8, dtype=np.float64)  # written once: its pages are real memory
+    readers = (("float64 sum", buffer, np.sum), ("int64 bitwise or", buffer.view(np.int64), np.bitwise_or.reduce),
+               ("uint8 maximum", buffer.view(np.uint8), np.max))
     rows = []
     for threads in sorted({1, cpu_threads()}):
-        parts = np.array_split(buffer, threads)
-        best = math.inf
-        with ThreadPoolExecutor(threads) as pool:
-            for _ in range(max(5, settings.repeats + 2)):
-                started = time.perf_counter()
-                list(pool.map(np.sum, parts))
-                best = min(best, time.perf_counter() - started)
-        rows.append({"name": f"numpy read, {threads} thread{'s' if threads > 1 else ''}", "status": "ok",
-                     "threads": threads, "buffer_mb": size / 2**20, "read_gb_per_s": size / best / 1e9})
+        for label, view, reduce in readers:
+            parts = np.array_split(view, threads)
+            best = math.inf
+            with ThreadPoolExecutor(threads) as pool:
+                for _ in range(max(5, settings.repeats + 2)):
+                    started = time.perf_counter()
+                    list(pool.map(reduce, parts))
+                    best = min(best, time.perf_counter() - started)
+            rows.append({"name": f"numpy {label}, {threads} thread{'s' if threads > 1 else ''}", "status": "ok",
+                         "threads": threads, "buffer_mb": size / 2**20, "read_gb_per_s": size / best / 1e9})
     return {"rows": rows}
 
 
@@ -419,6 +453,18 @@ def onnx_weights_read(path: Path) -> int:
     model = onnx.load(str(path))
     gathered = {node.input[0] for node in model.graph.node if node.op_type == "Gather"}
     return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer if t.name not in gathered)
+
+
+def case_growth(settings: Settings, case: str) -> dict:
+    """bench/growth.py: tokens/s of our onnxruntime decoder against context, batch size and model size."""
+    growth = bench_module("growth")
+    rows = growth.measure(("context", "batch", "size"), steps=settings.growth_steps,
+                          repeats=max(3, settings.repeats), sizes=settings.growth_sizes,
+                          model=settings.generate_config, **({"contexts": (16, 64), "short_context": 16}
+                                                             if settings.quick else {}))
+    for row in rows:
+        row["device"] = "cpu"
+    return {"rows": rows}
 
 
 def keeping_output(call, outputs: list):
@@ -535,6 +581,56 @@ def case_scoring(settings: Settings, case: str) -> dict:
              "tokens_per_s": figures["tokens_per_second"][label], **common}
             for label, seconds in figures["seconds"].items()]
     return {"rows": rows, "scoring_over_forward": figures["ratio"]}
+
+
+def case_scoring_runtime(settings: Settings, case: str) -> dict:
+    """Perplexity scoring through our onnxruntime decoder (`backends.perplexity.RuntimeScorer`, what
+    `gpt2reg evaluate --data` runs without TensorFlow) against a bare forward pass of the same graph
+    over the same batches: the decoder's prefill and the logits of every token, nothing else."""
+    import numpy as np
+
+    from backends.perplexity import RuntimeScorer
+    from backends.runtime_sessions import OnnxSession, cpu_threads
+
+    growth = bench_module("growth")
+    with tempfile.TemporaryDirectory(prefix="bench-scoring-") as scratch:
+        weights, shape = growth.random_weights(settings.score_config, "float32")
+        embedding = weights.tensors["transformer.wte.weight"]
+        decoder = growth.decoder_for(settings.score_config, "float32", scratch)
+        length = min(settings.score_length, shape["max_sequence_length"])
+        rng = np.random.default_rng(0)
+        texts = [rng.integers(0, 50256, size=length).tolist()
+                 for _ in range(settings.score_batch_size * settings.score_batches)]
+        scorer = RuntimeScorer(decoder, embedding)
+        logits = OnnxSession(growth.product_graph(), threads=cpu_threads())
+        embedding_t = np.ascontiguousarray(embedding.T)
+
+        def forward():
+            for begin in range(0, len(texts), settings.score_batch_size):
+                hidden = decoder.start(texts[begin : begin + settings.score_batch_size], max_new_tokens=0).prompt_hidden
+                for row in hidden:  # the logits of every position but the last, as scoring needs them
+                    logits.run({"states": np.ascontiguousarray(row[:-1]), "embedding": embedding_t})
+
+        def score():
+            scorer.score(texts, batch_size=settings.score_batch_size)
+
+        seconds = {}
+        for label, call in (("runtime: bare forward pass (prefill + logits of every token)", forward),
+                            ("runtime: RuntimeScorer.score (gpt2reg evaluate without TensorFlow)", score)):
+            call()  # warm-up: the head graph is made at the first score
+            seconds[label] = statistics.median(timed_once(call) for _ in range(settings.repeats))
+    tokens = len(texts) * length
+    rows = [{"name": label, "status": "ok", "seconds": value, "tokens_per_s": tokens / value,
+             "config": settings.score_config, "length": length, "batch_size": settings.score_batch_size,
+             "device": "cpu"} for label, value in seconds.items()]
+    forward_s, score_s = seconds.values()
+    return {"rows": rows, "scoring_over_forward": forward_s / score_s}
+
+
+def timed_once(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
 
 
 # ---------------------------------------------------------------- 4. tokenization
@@ -994,11 +1090,12 @@ CASE_FUNCTIONS = {
     "roofline": case_roofline,
     "generate-stock": case_generate, "generate-hf": case_generate, "generate-hf-int8": case_generate,
     "train-full": case_train, "train-lora": case_train, "train-torch": case_train,
-    "scoring": case_scoring,
+    "scoring": case_scoring, "scoring-runtime": case_scoring_runtime,
     "tokenize-ours": case_tokenize, "tokenize-tiktoken": case_tokenize, "tokenize-keras": case_tokenize,
     "cli-help": case_cli_help, "load-tiny": case_load_tiny, "logging": case_logging,
     "light-tiny": case_light_tiny, "light-gpt2": case_light_gpt2, "light-repeated": case_light_repeated,
     "light-hf": case_light_hf, "light-serve": case_light_serve,
+    "growth": case_growth,
 }
 
 
@@ -1123,14 +1220,39 @@ def main() -> None:
     document = {"machine": machine, "settings": asdict(settings), "cases": results}
     document["rows"] = [row for result in results for row in result["rows"]]
     add_comparisons(document)
-    markdown = render(document)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = started.strftime("%Y%m%d-%H%M%S")
-    (out / f"run-{stamp}.json").write_text(json.dumps(document, indent=2, default=float), encoding="utf-8")
-    (out / f"run-{stamp}.md").write_text(markdown, encoding="utf-8")
+    written = [out / f"run-{stamp}.json", out / f"run-{stamp}.md"]
+    growth_rows = [r for r in document["rows"] if r["section"] == "cost growth" and r["status"] == "ok"]
+    if growth_rows:
+        written.append(bench_module("growth").draw(growth_rows, out / f"run-{stamp}-growth.png"))
+        document["growth_png"] = written[-1].name
+    markdown = render(document)
+    written[0].write_text(json.dumps(document, indent=2, default=float), encoding="utf-8")
+    written[1].write_text(markdown, encoding="utf-8")
     print(markdown)
-    print(f"written: {out / f'run-{stamp}.json'} and .md", file=sys.stderr)
+    print(f"written: {', '.join(str(path) for path in written)}", file=sys.stderr)
+    if os.environ.get("MLFLOW_RUN_ID") or os.environ.get("MLFLOW_TRACKING_URI"):
+        log_to_mlflow(document, written, started)
+
+
+def log_to_mlflow(document: dict, files: list[Path], started: datetime.datetime) -> None:
+    """Run through MLflow (`MLFLOW_TRACKING_URI` set, or inside an MLflow run): the report, its JSON
+    and plots become the run's artifacts (under `bench/`, as `gpt2reg compare` logs its chart), each
+    goal's figure a metric."""
+    import re
+
+    import mlflow
+
+    with mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID"),
+                          run_name=None if os.environ.get("MLFLOW_RUN_ID") else f"bench {started:%Y-%m-%d %H:%M}"):
+        for path in files:
+            mlflow.log_artifact(str(path), "bench")
+        metrics = {re.sub(r"[^0-9A-Za-z_\-. /]", "", goal["goal"])[:250]: float(goal["value"])
+                   for goal in document["goals"] if goal["value"] is not None}
+        mlflow.log_metrics(metrics)
+        print(f"logged to MLflow run {mlflow.active_run().info.run_id}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- comparisons and the report
@@ -1154,6 +1276,10 @@ def add_comparisons(document: dict) -> None:
         stock = find("generate-stock", row["batch_size"])
         if stock:
             row["vs_stock"] = row["tokens_per_s"] / stock["tokens_per_s"]
+        # Ours against torch on the same weights: float32 against transformers, int8 against its dynamic int8.
+        peer = find(TORCH_PEER.get(row["case"], ""), row["batch_size"])
+        if peer:
+            row["vs_torch"] = row["tokens_per_s"] / peer["tokens_per_s"]
         keras = find("generate-keras", 1)
         if "first_row_tokens" in row and keras and "first_row_tokens" in keras:
             a, b = row["first_row_tokens"], keras["first_row_tokens"]
@@ -1190,12 +1316,43 @@ def add_comparisons(document: dict) -> None:
         (f"repeated in-process call, {big} float32: first token", repeated and repeated["seconds"], "<=", 0.3, " s"),
     ]
     onnx32 = find("generate-onnx", 1)
+    growth_rows = [r for r in rows if r["section"] == "cost growth"]
+    bench_module("growth").add_shares(growth_rows, bandwidth)
+
+    def against_torch(case: str, batch_size: int) -> float | None:
+        row = find(case, batch_size)
+        return row.get("vs_torch") if row else None
+
+    def longest_context(precision: str) -> tuple[str, float | None]:
+        points = [r for r in growth_rows if r.get("axis") == "context" and r.get("precision") == precision]
+        longest = max(points, key=lambda r: r["context"], default=None)
+        shortest = min(points, key=lambda r: r["context"], default=None)
+        span = f"{longest['context']:,} tokens of context / at {shortest['context']}" if points else \
+            "1,000 tokens of context / at 64"
+        return span, longest and longest.get("of_shortest_context")
+
+    runtime_scoring = next((c for c in document["cases"] if c["case"] == "scoring-runtime"
+                            and "scoring_over_forward" in c), None)
+    goals_peers = [
+        *[(f"ours onnx int8 / torch dynamic int8, batch {b}", against_torch("generate-onnx-int8", b), ">=", 1.2, "x")
+          for b in (8, 32)],
+        *[(f"ours onnx float32 / transformers + torch float32, batch {b}", against_torch("generate-onnx", b),
+           ">=", 1.2, "x") for b in (1, 8, 32)],
+    ]
+    goals_growth = [
+        (f"ours onnx {precision}: rate at {span}", share, ">=", 0.8, "")
+        for precision in ("float32", "int8") for span, share in [longest_context(precision)]
+    ]
     goals = [
         ("ours onnx int8, batch 1: share of its roofline", int8.get("of_roofline") if int8 else None, ">=", 0.7, ""),
         ("ours onnx float32, batch 1: share of its roofline", onnx32.get("of_roofline") if onnx32 else None,
          ">=", 0.85, ""),
         ("ours onnx int8 / stock KerasHub float32, batch 1", int8.get("vs_stock") if int8 else None, ">=", 3.0, "x"),
         ("ours onnx int8 tokens/s, batch 1", int8["tokens_per_s"] if int8 else None, ">=", 80.0, " tok/s"),
+        *goals_peers,
+        *goals_growth,
+        ("perplexity scoring through the runtime / bare forward pass", runtime_scoring
+         and runtime_scoring["scoring_over_forward"], ">=", 0.9, ""),
         ("ours keras float32 / stock KerasHub float32, batch 1", keras.get("vs_stock") if keras else None,
          ">=", 1.5, "x"),
         ("fine-tuning tokens/s, ours / plain PyTorch", full.get("vs_pytorch") if full else None, ">=", 1.0, "x"),
@@ -1244,8 +1401,9 @@ def render(document: dict) -> str:
         lines.append("")
 
     section("Roofline", "roofline",
-            "Memory read bandwidth (numpy sums over a buffer far beyond the caches, best pass): decoding reads "
-            "every weight once a step, so a batch of B makes at most B x bandwidth / weight bytes tokens/s.",
+            "Memory read bandwidth (numpy reductions over a buffer far beyond the caches, best pass of each; the "
+            "fastest is the roofline): decoding reads every weight once a step, so a batch of B makes at most "
+            "B x bandwidth / weight bytes tokens/s. A floor: a kernel may read faster than numpy does.",
             [("reader", lambda r: r["name"]), ("buffer MB", lambda r: fmt(r.get("buffer_mb"), ",.0f")),
              ("read GB/s", lambda r: fmt(r.get("read_gb_per_s"), ".1f"))])
     section("Generation", "generation",
@@ -1257,6 +1415,7 @@ def render(document: dict) -> str:
              ("steady s", lambda r: fmt(r.get("steady_s"), ".3f")),
              ("tokens/s", lambda r: fmt(r.get("tokens_per_s"), ".1f")),
              ("vs stock", lambda r: fmt(r.get("vs_stock"), ".2f", "x")),
+             ("vs torch", lambda r: fmt(r.get("vs_torch"), ".2f", "x")),
              ("weights MB", lambda r: fmt(r.get("weight_bytes") and r["weight_bytes"] / 1e6, ",.0f")),
              ("roofline tok/s", lambda r: fmt(r.get("roofline_tokens_per_s"), ",.0f")),
              ("of roofline", lambda r: fmt(r.get("of_roofline"), ".2f")),
@@ -1272,11 +1431,15 @@ def render(document: dict) -> str:
              ("vs PyTorch", lambda r: fmt(r.get("vs_pytorch"), ".2f", "x")),
              ("device", lambda r: r.get("device", ""))])
     scoring = next((c for c in document["cases"] if c["case"] == "scoring" and "scoring_over_forward" in c), None)
+    runtime_scoring = next((c for c in document["cases"] if c["case"] == "scoring-runtime"
+                            and "scoring_over_forward" in c), None)
     section("Perplexity scoring", "scoring",
             f"`{settings['score_config']}`, texts of {settings['score_length']} tokens (at most the context), "
             f"batch {settings['score_batch_size']}; median of {settings['repeats']} after a warm-up."
-            + (f" Scoring / forward throughput: {scoring['scoring_over_forward']:.3f} (goal: at least 0.9)."
-               if scoring else ""),
+            + (f" Keras: scoring / forward throughput {scoring['scoring_over_forward']:.3f} (goal: at least 0.9)."
+               if scoring else "")
+            + (f" Runtime: scoring / forward throughput {runtime_scoring['scoring_over_forward']:.3f} "
+               "(goal: at least 0.9)." if runtime_scoring else ""),
             [("what", lambda r: r["name"]), ("seconds", lambda r: fmt(r.get("seconds"), ".3f")),
              ("tokens/s", lambda r: fmt(r.get("tokens_per_s"), ".0f")), ("device", lambda r: r.get("device", ""))])
     agree = document.get("tokenizers_agree")
@@ -1322,6 +1485,21 @@ def render(document: dict) -> str:
              ("tok/s p50", lambda r: fmt(r.get("tokens_per_s_p50"), ".0f")),
              ("tok/s p1", lambda r: fmt(r.get("tokens_per_s_p1"), ".0f")),
              ("total tok/s", lambda r: fmt(r.get("total_tokens_per_s"), ".0f"))])
+    section("How cost grows", "cost growth",
+            "Ours, onnxruntime on the CPU, random weights (`bench/growth.py`): each axis with the others held "
+            f"(context: `{settings['generate_config']}`, batch 1; batch: `{settings['generate_config']}`, the "
+            "shortest context; model: batch 1, the shortest context). "
+            f"Tokens/s of {settings['growth_steps']} steps after the prompt's prefill, best of "
+            f"{max(3, settings['repeats'])}; weights read: bytes a step reads; roofline as in the generation table."
+            + (f" Plot: `{document['growth_png']}`." if document.get("growth_png") else ""),
+            [("axis", lambda r: r.get("axis", "")), ("model", lambda r: r.get("config", "")),
+             ("precision", lambda r: r.get("precision", "")), ("batch", lambda r: fmt(r.get("batch_size"), "d")),
+             ("context", lambda r: fmt(r.get("context"), ",d")),
+             ("tokens/s", lambda r: fmt(r.get("tokens_per_s"), ",.1f")),
+             ("weights MB", lambda r: fmt(r.get("weight_bytes") and r["weight_bytes"] / 1e6, ",.0f")),
+             ("of roofline", lambda r: fmt(r.get("of_roofline"), ".2f")),
+             ("of shortest-context rate", lambda r: fmt(r.get("of_shortest_context"), ".2f")),
+             ("graph build s", lambda r: fmt(r.get("build_s"), ".1f"))])
     lines += ["## Goals", "", "| goal | target | measured | status |", "|---|---|---:|---|"]
     for goal in document["goals"]:
         status = "not measured" if goal["met"] is None else ("met" if goal["met"] else "not met")
