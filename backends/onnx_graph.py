@@ -52,7 +52,7 @@ class _Writer:
         self.made: dict[str, str] = {}  # external tensors already in the graph, and tensors made from them
         self.int8 = int8 or {}
         self.low_rank = low_rank or {}
-        self.contrib = bool(self.int8)  # uses operators of onnxruntime's com.microsoft domain
+        self.contrib = False  # uses operators of onnxruntime's com.microsoft domain (`op` sets it)
         self.epsilon = epsilon
         self.opset = opset
         self.nodes, self.initializers = [], []
@@ -91,6 +91,7 @@ class _Writer:
 
     def op(self, op_type: str, *inputs: str, outputs: list[str] | None = None, **attributes) -> str:
         outputs = outputs or [f"{op_type.lower()}_{next(self._counter)}"]
+        self.contrib = self.contrib or attributes.get("domain") == "com.microsoft"
         self.nodes.append(self.helper.make_node(op_type, list(inputs), outputs, **attributes))
         return outputs[0]
 
@@ -137,7 +138,6 @@ class _Writer:
         normed = self.op("SkipLayerNormalization", x, residual, self.weight(f"{prefix}.weight"),
                          self.weight(f"{prefix}.bias"), outputs=[f"skipnorm_{next(self._counter)}", "", "", total],
                          domain="com.microsoft", epsilon=self.epsilon)
-        self.contrib = True
         return normed, total
 
     def feedforward(self, x: str, prefix: str) -> str:
@@ -245,7 +245,7 @@ def build_decoder(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads:
     Outputs: `logits` [B, vocabulary] at `last_index`; `hidden` [B, T, width]
     (after the final norm); `present_key_{i}` and `present_value_{i}`: the
     cache with the new keys and values written in. Bound to the same buffers
-    as `past_key_{i}` and `past_value_{i}` (`OnnxSession.run`'s `in_place`),
+    as `past_key_{i}` and `past_value_{i}` (`OnnxSession.bind_in_place`),
     the operator writes only the new slots and no call copies the cache.
 
     Attention is onnxruntime's `GroupQueryAttention` (with as many key/value
@@ -286,7 +286,6 @@ def build_decoder(tensors: dict[str, np.ndarray], *, num_layers: int, num_heads:
                 int8={name.removeprefix("transformer."): value for name, value in (int8 or {}).items()},
                 low_rank={name.removeprefix("transformer."): value for name, value in (low_rank or {}).items()},
                 external=external, external_file=external_file)
-    w.contrib = True
     if transpose_in_graph:  # folded once by onnxruntime when the session loads
         w.made["lm_head.weight"] = w.op("Transpose", w.weight("wte.weight"), perm=[1, 0])
     op = w.op
