@@ -93,12 +93,12 @@ def decoder_for(config: str, precision: str, folder: str):
     return RuntimeDecoder.from_tensors(weights, shape, "onnx", folder)
 
 
-def graph_weight_bytes(folder: str) -> int:
-    """Bytes of weights a step reads: the graph's initializers, less tables that are only looked up (`Gather`)."""
+def graph_weight_bytes(path: str | Path) -> int:
+    """Bytes of weights a step of the graph at `path` reads: its initializers, less the tables that
+    are only looked up (`Gather`: a step reads a row of each), from their shapes alone."""
     import onnx
     from onnx import helper
 
-    (path,) = Path(folder).glob("decoder-*.onnx")
     model = onnx.load(str(path), load_external_data=False)
     consumers: dict[str, set[str]] = {}
     for node in model.graph.node:
@@ -168,7 +168,7 @@ def measure(axes: tuple[str, ...], *, steps: int, repeats: int, sizes: tuple[str
                     started = time.perf_counter()
                     decoder = decoder_for(config, precision, folder)
                     build_s = time.perf_counter() - started
-                    read = graph_weight_bytes(folder)
+                    read = graph_weight_bytes(next(Path(folder).glob("decoder-*.onnx")))
                 except MemoryError as error:
                     for axis, batch, context in points:
                         rows.append({"name": f"ours onnx {precision}", "status": "skipped", "axis": axis,

@@ -435,7 +435,7 @@ def weight_bytes(lm, runtime_cache: str | None) -> int:
     if runtime_cache is not None:
         graphs = sorted(Path(runtime_cache).rglob("*.onnx"))
         if graphs:
-            return max(onnx_weights_read(graph) for graph in graphs)
+            return max(bench_module("growth").graph_weight_bytes(graph) for graph in graphs)
         files = [f for f in Path(runtime_cache).rglob("*") if f.is_file()]
         if files:
             return sum(f.stat().st_size for f in files)
@@ -443,16 +443,6 @@ def weight_bytes(lm, runtime_cache: str | None) -> int:
     # rows are looked up too, but the output projection (tied to it) reads it whole.
     positions = math.prod(int(d) for d in lm.backbone.position_embedding.weights[0].shape)
     return 4 * (int(lm.count_params()) - positions)
-
-
-def onnx_weights_read(path: Path) -> int:
-    """The bytes of `path`'s initializers that a step reads whole (all but the tables of `Gather`s)."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    gathered = {node.input[0] for node in model.graph.node if node.op_type == "Gather"}
-    return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer if t.name not in gathered)
 
 
 def case_growth(settings: Settings, case: str) -> dict:
@@ -617,20 +607,14 @@ def case_scoring_runtime(settings: Settings, case: str) -> dict:
         seconds = {}
         for label, call in (("runtime: bare forward pass (prefill + logits of every token)", forward),
                             ("runtime: RuntimeScorer.score (gpt2reg evaluate without TensorFlow)", score)):
-            call()  # warm-up: the head graph is made at the first score
-            seconds[label] = statistics.median(timed_once(call) for _ in range(settings.repeats))
+            # The first call (which makes the scorer's head graph) is left out, as for generation.
+            seconds[label] = bench_module("generate").timed(call, settings.repeats)["steady_s"]
     tokens = len(texts) * length
     rows = [{"name": label, "status": "ok", "seconds": value, "tokens_per_s": tokens / value,
              "config": settings.score_config, "length": length, "batch_size": settings.score_batch_size,
              "device": "cpu"} for label, value in seconds.items()]
     forward_s, score_s = seconds.values()
     return {"rows": rows, "scoring_over_forward": forward_s / score_s}
-
-
-def timed_once(call) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
 
 
 # ---------------------------------------------------------------- 4. tokenization
